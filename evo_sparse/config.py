@@ -1,0 +1,238 @@
+"""Typed, frozen run configuration: five groups that round-trip to JSON exactly, and the named presets.
+
+Each field carries its help text (``metadata["help"]``) so the CLI, the README and the saved config agree.
+Fields marked ``hash=False`` (paths, device) say where a run happens, not what it computes, and stay out of
+the run folder's hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from evo_sparse.errors import ConfigError
+
+ALGORITHMS = ("weedout", "ga")
+SAMPLINGS = ("layerwise", "global")
+CROSSOVERS = ("unit", "uniform")
+DATASETS = ("cifar10", "synthetic")
+
+
+def _f(default, help: str, *, hash: bool = True, choices: tuple[str, ...] | None = None):
+    return field(default=default, metadata={"help": help, "hash": hash, "choices": choices})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images train and score the networks."""
+
+    dataset: str = _f("cifar10", "cifar10 (real data) or synthetic (seeded toy data for tests)", choices=DATASETS)
+    path: str | None = _f(None, "CIFAR-10 archive or folder; default: EVO_SPARSE_DATA, then known places", hash=False)
+    val_size: int = _f(5000, "training images held out for validation (fitness); stratified")
+    split_seed: int = _f(0, "seed of the train/validation split, fixed so runs share one split")
+    synthetic_train: int = _f(1024, "synthetic data only: training images")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The parent Wide ResNet WRN-depth-width."""
+
+    depth: int = _f(16, "WRN depth, 6n+4 (10, 16, 22, 28, ...)")
+    width: int = _f(2, "WRN width factor k: stages have 16k, 32k, 64k channels")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The brief training that scores one mask (its fidelity)."""
+
+    train_images: int = _f(4096, "training images seen per fitness evaluation (the budget)")
+    batch_size: int = _f(64, "minibatch size")
+    lr: float = _f(0.2, "peak learning rate of the one-cycle schedule (linear up, linear down)")
+    warmup: float = _f(0.25, "fraction of the steps spent warming the learning rate up")
+    momentum: float = _f(0.9, "SGD momentum (Nesterov)")
+    weight_decay: float = _f(5e-4, "L2 weight decay, as in the WRN paper")
+    label_smoothing: float = _f(0.1, "label smoothing; steadies very short trainings")
+    val_images: int = _f(0, "validation images used for fitness; 0 = all of the validation split")
+    eval_batch_size: int = _f(500, "batch size when measuring validation accuracy")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The generational loop: Weedout (Random Search) or a GA over node masks."""
+
+    algorithm: str = _f("weedout", "weedout (random restarts = Random Search) or ga", choices=ALGORITHMS)
+    population: int = _f(20, "population size P")
+    keep: int = _f(0, "best individuals kept each generation K; 0 = P/2")
+    generations: int = _f(10, "generations, counting the initial random one")
+    sparsity: float = _f(0.8, "fraction of maskable nodes (channels) removed, in [0, 1)")
+    sampling: str = _f("layerwise", "layerwise: every unit keeps round((1-s)C); global: one count overall",
+                       choices=SAMPLINGS)
+    crossover: str = _f("unit", "ga only: unit (swap whole units) or uniform (then repaired)", choices=CROSSOVERS)
+    cxpb: float = _f(0.5, "ga only: probability that a pair of offspring is crossed")
+    mutpb: float = _f(0.3, "ga only: probability that an offspring is mutated")
+    swap_prob: float = _f(0.1, "ga only: per-unit probability of one keep/drop swap in a mutation")
+    tournament: int = _f(3, "ga only: tournament size for choosing parents")
+
+    @property
+    def survivors(self) -> int:
+        """K, the number kept each generation (P/2 when ``keep`` is 0)."""
+        return self.keep or self.population // 2
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run computes from, plus where it runs."""
+
+    preset: str = _f("cpu", "named settings: smoke, cpu or paper (see README)")
+    seed: int = _f(0, "seed of the parent initialization, data order and search; a folder level")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N", hash=False)
+    runs_dir: str = _f("runs", "folder that holds the run folders", hash=False)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Rebuild from ``to_dict``; unknown keys are an error, missing ones take their defaults."""
+        return _build(cls, d, "")
+
+    def hashed_items(self) -> dict[str, Any]:
+        """Settings that differ from the defaults and change what is computed: ``{"search.sparsity": 0.5, ...}``."""
+        return {k: v for k, v in flat_items(self).items() if k in _HASHED and v != flat_items(RunConfig())[k]}
+
+    def run_hash(self) -> str:
+        blob = json.dumps(self.hashed_items(), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    def updated(self, flat: dict[str, Any]) -> RunConfig:
+        """A copy with ``{"group.field": value}`` (or top-level ``{"seed": 1}``) settings replaced."""
+        groups: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for key, value in flat.items():
+            if "." in key:
+                group, name = key.split(".", 1)
+                groups.setdefault(group, {})[name] = value
+            else:
+                top[key] = value
+        for group, changes in groups.items():
+            top[group] = replace(getattr(self, group), **changes)
+        return replace(self, **top)
+
+    def validate(self) -> RunConfig:
+        """Raise ConfigError naming the first bad setting and what to use instead; return self."""
+        for key, value in flat_items(self).items():
+            choices = _FIELDS[key].metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"--{_opt(key)} must be one of {', '.join(choices)}, not {value!r}")
+        s, m, t = self.search, self.model, self.train
+        _check(m.depth >= 10 and (m.depth - 4) % 6 == 0, "depth", f"must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), not {m.depth}")
+        _check(m.width >= 1, "width", f"must be at least 1, not {m.width}")
+        _check(s.population >= 2, "pop", f"must be at least 2, not {s.population}")
+        _check(0 <= s.keep < s.population, "keep", f"must be in 1..pop-1 = 1..{s.population - 1} (0 = pop/2), not {s.keep}")
+        _check(s.survivors >= 1, "keep", "leaves no survivors; use --pop of at least 2")
+        _check(s.generations >= 1, "generations", f"must be at least 1, not {s.generations}")
+        _check(0.0 <= s.sparsity < 1.0, "sparsity", f"must be in [0, 1) (fraction of nodes removed), not {s.sparsity}")
+        _check(0.0 <= s.cxpb <= 1.0 and 0.0 <= s.mutpb <= 1.0, "cxpb", "and --mutpb must be probabilities in [0, 1]")
+        _check(0.0 <= s.swap_prob <= 1.0, "swap-prob", f"must be in [0, 1], not {s.swap_prob}")
+        _check(s.tournament >= 1, "tournament", f"must be at least 1, not {s.tournament}")
+        _check(t.train_images >= t.batch_size >= 1, "train-images", f"must be at least --batch-size ({t.batch_size})")
+        _check(t.lr > 0 and 0 <= t.warmup < 1, "lr", "must be positive (and --warmup in [0, 1))")
+        _check(t.val_images >= 0 and t.eval_batch_size >= 1, "val-images", "must be 0 (all) or positive")
+        _check(0 < self.data.val_size < 50_000 and self.data.val_size % 10 == 0, "val-size",
+               f"must be a positive multiple of 10 below 50000, not {self.data.val_size}")
+        return self
+
+
+def _check(ok: bool, option: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"--{option} {message}")
+
+
+def _opt(key: str) -> str:
+    return key.split(".")[-1].replace("_", "-")
+
+
+def flat_items(cfg: RunConfig) -> dict[str, Any]:
+    """``{"seed": 0, "search.sparsity": 0.8, ...}``: every setting under its dotted name."""
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update({f"{f.name}.{g.name}": getattr(value, g.name) for g in fields(value)})
+        else:
+            out[f.name] = value
+    return out
+
+
+def _all_fields() -> dict[str, dataclasses.Field]:
+    out: dict[str, dataclasses.Field] = {}
+    for f in fields(RunConfig):
+        if f.name in GROUPS:
+            out.update({f"{f.name}.{g.name}": g for g in fields(GROUPS[f.name])})
+        else:
+            out[f.name] = f
+    return out
+
+
+def _build(cls, d: dict[str, Any], where: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"config{where} must be a JSON object, got {type(d).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(where + '.' + k for k in unknown).lstrip('.')}")
+    kwargs = {k: _build(GROUPS[k], v, f"{where}.{k}") if k in GROUPS else v for k, v in d.items()}
+    return cls(**kwargs)
+
+
+GROUPS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "search": SearchConfig}
+_FIELDS = _all_fields()
+_HASHED = {k for k, f in _FIELDS.items() if f.metadata.get("hash", True)}
+
+
+def field_help(key: str) -> str:
+    """Help text of a flattened field such as ``"search.sparsity"``."""
+    return _FIELDS[key].metadata["help"]
+
+
+# Presets are named configs, not code paths. Each setting has its reason beside it.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds on 2 CPU cores: synthetic data, the smallest WRN, a few hundred images per fitness.
+    "smoke": {
+        "data.dataset": "synthetic",
+        "data.val_size": 250,  # synthetic: 25 per class
+        "model.depth": 10,  # n = 1 block per stage
+        "model.width": 1,  # 16/32/64 channels
+        "train.train_images": 512,
+        "train.batch_size": 32,
+        "search.population": 6,
+        "search.generations": 3,
+        "search.sparsity": 0.5,
+    },
+    # Real CIFAR-10 on a 2-core CPU: the README's 10 x 20 run in about a quarter of an hour. WRN-16-2 at 80% node
+    # sparsity compacts to widths 3/6/13/26, so one brief training (4,096 images) takes seconds.
+    "cpu": {},
+    # GPU scale: the reference study's regime (an overparameterized WRN, population 20, brief training of about
+    # two epochs per individual).
+    "paper": {
+        "model.depth": 16,
+        "model.width": 8,  # WRN-16-8: 11M parameters dense, strongly overparameterized for CIFAR-10
+        "train.train_images": 90_000,  # two epochs of the 45,000-image training split
+        "train.batch_size": 128,
+        "train.lr": 0.1,
+    },
+}
+
+
+def preset(name: str) -> RunConfig:
+    """The named preset as a RunConfig; ConfigError for an unknown name."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return RunConfig(preset=name).updated(PRESETS[name])

@@ -1,0 +1,17 @@
+"""The one exception type the CLI turns into a one-line message and exit code 2."""
+
+
+class EvoSparseError(Exception):
+    """A problem the user can fix: the message says what is wrong and what to do."""
+
+
+class DataError(EvoSparseError):
+    """The data set is missing, incomplete or corrupt."""
+
+
+class ConfigError(EvoSparseError):
+    """A setting is out of range, of the wrong type, or unknown."""
+
+
+class RunStateError(EvoSparseError):
+    """A run folder's files disagree with the command, or are damaged."""

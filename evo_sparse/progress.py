@@ -1,0 +1,71 @@
+"""Progress on stderr: one line per evaluation (rewritten in place on a terminal) with the best so far and an ETA."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from evo_sparse.config import SearchConfig
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+    """Counts evaluations of a search and estimates the time left from the mean time of those computed here."""
+
+    def __init__(self, cfg: SearchConfig, *, enabled: bool = True, stream=None):
+        self.cfg = cfg
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.seconds: list[float] = []
+        self.best: float | None = None
+        self.gen = self.done_in_gen = self.nevals = 0
+        self.start = time.perf_counter()
+
+    def _write(self, text: str, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def remaining_evaluations(self) -> int:
+        """Evaluations left in this generation plus P-K for every later one (an upper bound for the GA)."""
+        later = self.cfg.generations - self.gen - 1
+        return self.nevals - self.done_in_gen + later * (self.cfg.population - self.cfg.survivors)
+
+    def start_generation(self, gen: int, nevals: int) -> None:
+        self.gen, self.nevals, self.done_in_gen = gen, nevals, 0
+
+    def evaluated(self, record: dict, reused: bool = False) -> None:
+        self.done_in_gen += 1
+        if not reused:
+            self.seconds.append(record.get("seconds") or 0.0)
+        fit = record.get("fitness")
+        if fit is not None and (self.best is None or fit > self.best):
+            self.best = fit
+        mean = sum(self.seconds) / len(self.seconds) if self.seconds else None
+        eta = format_seconds(mean * self.remaining_evaluations()) if mean is not None else "?"
+        shown = "failed" if fit is None else f"{fit:.4f}"
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        speed = f"{mean:.1f}s/eval" if mean is not None else "reused"
+        self._write(f"gen {self.gen + 1}/{self.cfg.generations}  eval {self.done_in_gen}/{self.nevals}  "
+                    f"fitness {shown}  best {best}  {speed}  ETA {eta}")
+
+    def end_generation(self, state) -> None:
+        last = state.logbook[-1]
+        avg = "-" if last["avg"] is None else f"{last['avg']:.4f}"
+        top = "-" if last["max"] is None else f"{last['max']:.4f}"
+        self._write(f"gen {self.gen + 1}/{self.cfg.generations} done: mean {avg}  max {top}  "
+                    f"failed {last['failed']}  elapsed {format_seconds(time.perf_counter() - self.start)}", final=True)
+
+    def close(self) -> None:
+        pass

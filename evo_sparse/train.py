@@ -1,0 +1,116 @@
+"""The brief training that scores a network, and validation accuracy.
+
+Training reads a ``BatchStream``: the exact sequence of augmented uint8 batches, drawn once per run from the run's
+seed, so every individual sees the same images in the same order with the same crops and flips (common random
+numbers). SGD with Nesterov momentum and a one-cycle learning rate (linear warm-up, linear decay to zero).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evo_sparse.config import TrainConfig
+from evo_sparse.data import augment_batch, normalize
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclass(frozen=True)
+class BatchStream:
+    """Augmented training batches as uint8 ``x`` [steps, B, 3, 32, 32] and labels ``y`` [steps, B]."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def draw(cls, images: torch.Tensor, labels: torch.Tensor, *, total: int, batch_size: int, seed: int) -> BatchStream:
+        """``total // batch_size`` batches of a seeded shuffle (reshuffled every epoch), cropped and flipped."""
+        g = torch.Generator().manual_seed(seed)
+        steps = total // batch_size
+        need = steps * batch_size
+        epochs = math.ceil(need / len(images))
+        order = torch.cat([torch.randperm(len(images), generator=g) for _ in range(epochs)])[:need]
+        x = augment_batch(images.cpu()[order], g).view(steps, batch_size, *images.shape[1:])
+        return cls(x.to(images.device), labels[order.to(labels.device)].view(steps, batch_size))
+
+    @property
+    def images(self) -> int:
+        return self.y.numel()
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    train_loss: float  # mean loss over the last quarter of the steps
+    images: int
+    seconds: float
+
+
+def lr_at(step: int, steps: int, cfg: TrainConfig) -> float:
+    """One-cycle schedule: linear from 0 to ``cfg.lr`` over the warm-up, then linear down to 0."""
+    up = max(1, round(cfg.warmup * steps))
+    if step < up:
+        return cfg.lr * (step + 1) / up
+    return cfg.lr * max(0.0, (steps - step) / max(1, steps - up))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD + Nesterov; no weight decay on BN parameters and biases (the usual practice for short trainings)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    rest = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+def train(model: nn.Module, stream: BatchStream, cfg: TrainConfig) -> TrainResult:
+    """Train ``model`` in place over every batch of ``stream``; raise NonFiniteLoss on NaN/inf."""
+    device = next(model.parameters()).device
+    opt = make_optimizer(model, cfg)
+    steps = len(stream.x)
+    tail = max(1, steps // 4)
+    tail_loss = torch.zeros((), device=device)
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, cfg)
+        x = normalize(stream.x[step].to(device, non_blocking=True))
+        y = stream.y[step].to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"loss became {loss.item()} at step {step + 1} of {steps}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step >= steps - tail:
+            tail_loss += loss.detach()
+    _sync(device)
+    return TrainResult(float(tail_loss) / tail, steps * stream.x.shape[1], time.perf_counter() - start)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` in eval mode on uint8 ``images``."""
+    device = next(model.parameters()).device
+    model.eval()
+    correct = torch.zeros((), device=device)
+    loss = torch.zeros((), device=device)
+    for i in range(0, len(images), batch_size):
+        x = normalize(images[i:i + batch_size].to(device))
+        y = labels[i:i + batch_size].to(device)
+        out = model(x).float()
+        loss += F.cross_entropy(out, y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    return float(correct) / len(images), float(loss) / len(images)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
