@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from evo_sparse.config import CROSSOVERS, DATASETS, PRESETS, SAMPLINGS, ALGORITHMS, RunConfig, field_help, preset
+from evo_sparse.config import ALGORITHMS, CROSSOVERS, DATASETS, PRESETS, SAMPLINGS, RunConfig, field_help, preset
 from evo_sparse.errors import ConfigError, EvoSparseError
 
 # option name -> (config key, click type)
@@ -42,6 +42,7 @@ RUN_OPTIONS: dict[str, tuple[str, click.ParamType]] = {
     "seed": ("seed", click.INT),
     "device": ("device", click.STRING),
     "runs-dir": ("runs_dir", click.STRING),
+    "workers": ("workers", click.INT),
 }
 
 
@@ -58,8 +59,9 @@ class OneLineErrors(click.Group):
         except EvoSparseError as exc:
             _fail(str(exc))
         except (KeyboardInterrupt, click.exceptions.Abort):
-            click.echo("evo-sparse: interrupted; finished evaluations are saved, run the same command to resume",
-                       err=True)
+            click.echo(
+                "evo-sparse: interrupted; finished evaluations are saved, run the same command to resume", err=True
+            )
             sys.exit(130)
 
 
@@ -95,8 +97,12 @@ def build_config(preset_name: str | None, options: dict) -> RunConfig:
 def run_options(fn):
     for name, (key, kind) in reversed(RUN_OPTIONS.items()):
         fn = click.option(f"--{name}", type=kind, default=None, help=field_help(key))(fn)
-    return click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
-                        help="named settings (default: paper with CUDA, else cpu); options given override them")(fn)
+    return click.option(
+        "--preset",
+        type=click.Choice(list(PRESETS)),
+        default=None,
+        help="named settings (default: paper with CUDA, else cpu); options given override them",
+    )(fn)
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -125,8 +131,8 @@ def run(preset: str | None, quiet: bool, **options):
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def show(run_dir: str, as_json: bool):
     """Summarise a run folder: settings, progress, logbook and the best mask."""
-    from evo_sparse.runs import summarize
     from evo_sparse.report import format_summary
+    from evo_sparse.runs import summarize
 
     summary = summarize(run_dir)
     click.echo(json.dumps(summary, indent=1) if as_json else format_summary(summary))

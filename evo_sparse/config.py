@@ -68,8 +68,9 @@ class SearchConfig:
     keep: int = _f(0, "best individuals kept each generation K; 0 = P/2")
     generations: int = _f(10, "generations, counting the initial random one")
     sparsity: float = _f(0.8, "fraction of maskable nodes (channels) removed, in [0, 1)")
-    sampling: str = _f("layerwise", "layerwise: every unit keeps round((1-s)C); global: one count overall",
-                       choices=SAMPLINGS)
+    sampling: str = _f(
+        "layerwise", "layerwise: every unit keeps round((1-s)C); global: one count overall", choices=SAMPLINGS
+    )
     crossover: str = _f("unit", "ga only: unit (swap whole units) or uniform (then repaired)", choices=CROSSOVERS)
     cxpb: float = _f(0.5, "ga only: probability that a pair of offspring is crossed")
     mutpb: float = _f(0.3, "ga only: probability that an offspring is mutated")
@@ -90,6 +91,7 @@ class RunConfig:
     seed: int = _f(0, "seed of the parent initialization, data order and search; a folder level")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N", hash=False)
     runs_dir: str = _f("runs", "folder that holds the run folders", hash=False)
+    workers: int = _f(0, "CPU only: fitness worker processes (0 = one per core, 1 = this process)", hash=False)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -116,6 +118,8 @@ class RunConfig:
         groups: dict[str, dict[str, Any]] = {}
         top: dict[str, Any] = {}
         for key, value in flat.items():
+            if key in _FIELDS:
+                value = _coerce(_FIELDS[key], value)
             if "." in key:
                 group, name = key.split(".", 1)
                 groups.setdefault(group, {})[name] = value
@@ -132,10 +136,16 @@ class RunConfig:
             if choices and value not in choices:
                 raise ConfigError(f"--{_opt(key)} must be one of {', '.join(choices)}, not {value!r}")
         s, m, t = self.search, self.model, self.train
-        _check(m.depth >= 10 and (m.depth - 4) % 6 == 0, "depth", f"must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), not {m.depth}")
+        _check(
+            m.depth >= 10 and (m.depth - 4) % 6 == 0,
+            "depth",
+            f"must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), not {m.depth}",
+        )
         _check(m.width >= 1, "width", f"must be at least 1, not {m.width}")
         _check(s.population >= 2, "pop", f"must be at least 2, not {s.population}")
-        _check(0 <= s.keep < s.population, "keep", f"must be in 1..pop-1 = 1..{s.population - 1} (0 = pop/2), not {s.keep}")
+        _check(
+            0 <= s.keep < s.population, "keep", f"must be in 1..pop-1 = 1..{s.population - 1} (0 = pop/2), not {s.keep}"
+        )
         _check(s.survivors >= 1, "keep", "leaves no survivors; use --pop of at least 2")
         _check(s.generations >= 1, "generations", f"must be at least 1, not {s.generations}")
         _check(0.0 <= s.sparsity < 1.0, "sparsity", f"must be in [0, 1) (fraction of nodes removed), not {s.sparsity}")
@@ -144,9 +154,13 @@ class RunConfig:
         _check(s.tournament >= 1, "tournament", f"must be at least 1, not {s.tournament}")
         _check(t.train_images >= t.batch_size >= 1, "train-images", f"must be at least --batch-size ({t.batch_size})")
         _check(t.lr > 0 and 0 <= t.warmup < 1, "lr", "must be positive (and --warmup in [0, 1))")
+        _check(self.workers >= 0, "workers", f"must be 0 (one per core) or more, not {self.workers}")
         _check(t.val_images >= 0 and t.eval_batch_size >= 1, "val-images", "must be 0 (all) or positive")
-        _check(0 < self.data.val_size < 50_000 and self.data.val_size % 10 == 0, "val-size",
-               f"must be a positive multiple of 10 below 50000, not {self.data.val_size}")
+        _check(
+            0 < self.data.val_size < 50_000 and self.data.val_size % 10 == 0,
+            "val-size",
+            f"must be a positive multiple of 10 below 50000, not {self.data.val_size}",
+        )
         return self
 
 
@@ -188,8 +202,15 @@ def _build(cls, d: dict[str, Any], where: str):
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(where + '.' + k for k in unknown).lstrip('.')}")
-    kwargs = {k: _build(GROUPS[k], v, f"{where}.{k}") if k in GROUPS else v for k, v in d.items()}
+    kwargs = {k: _build(GROUPS[k], v, f"{where}.{k}") if k in GROUPS else _coerce(known[k], v) for k, v in d.items()}
     return cls(**kwargs)
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """An int given for a float setting becomes a float, so equal configs hash equally."""
+    if f.type == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 GROUPS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "search": SearchConfig}

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from evo_sparse import models
+from evo_sparse.backends import CPU_THREADS
 from evo_sparse.config import RunConfig
 from evo_sparse.data import Splits
 from evo_sparse.masks import Layout, Mask, compact_state
@@ -45,13 +46,20 @@ class Evaluator:
     def __init__(self, cfg: RunConfig, splits: Splits, device: torch.device | str = "cpu"):
         self.cfg = cfg
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(CPU_THREADS)  # fitness must not depend on the thread count (summation order)
         self.layout = Layout.from_units(models.units(cfg.model.depth, cfg.model.width))
         self.parent = parent_state(cfg)
         self.param_units = models.WideResNet(cfg.model.depth, cfg.model.width).param_units()
         t = cfg.train
         splits = splits.to(self.device)
-        self.stream = BatchStream.draw(splits.train_x, splits.train_y, total=t.train_images, batch_size=t.batch_size,
-                                       seed=derive(cfg.seed, "batches"))
+        self.stream = BatchStream.draw(
+            splits.train_x,
+            splits.train_y,
+            total=t.train_images,
+            batch_size=t.batch_size,
+            seed=derive(cfg.seed, "batches"),
+        )
         n_val = t.val_images or len(splits.val_x)
         self.val_x, self.val_y = splits.val_x[:n_val], splits.val_y[:n_val]
 
@@ -83,10 +91,24 @@ class Evaluator:
                 return record | _failed(str(exc), start, self.stream.images)
         if not math.isfinite(val_loss):
             return record | _failed(f"validation loss is {val_loss}", start, result.images)
-        return record | {"status": OK, "fitness": acc, "val_loss": val_loss, "train_loss": result.train_loss,
-                         "train_images": result.images, "seconds": time.perf_counter() - start, "reason": None}
+        return record | {
+            "status": OK,
+            "fitness": acc,
+            "val_loss": val_loss,
+            "train_loss": result.train_loss,
+            "train_images": result.images,
+            "seconds": time.perf_counter() - start,
+            "reason": None,
+        }
 
 
 def _failed(reason: str, start: float, images: int) -> dict[str, Any]:
-    return {"status": FAILED, "fitness": None, "val_loss": None, "train_loss": None, "train_images": images,
-            "seconds": time.perf_counter() - start, "reason": reason}
+    return {
+        "status": FAILED,
+        "fitness": None,
+        "val_loss": None,
+        "train_loss": None,
+        "train_images": images,
+        "seconds": time.perf_counter() - start,
+        "reason": reason,
+    }

@@ -8,10 +8,11 @@ state cover both). Nothing here imports torch; gating and compaction work on the
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 ENCODING_PREFIX = "m1:"
 
@@ -34,6 +35,10 @@ class Layout:
     @property
     def size(self) -> int:
         return sum(self.sizes)
+
+    def fingerprint(self) -> str:
+        """Six hex digits naming the unit names and sizes, so a mask is never read against another network."""
+        return hashlib.sha256(repr((self.names, self.sizes)).encode()).hexdigest()[:6]
 
     def spans(self) -> list[tuple[int, int]]:
         """[start, stop) of every unit in the flat genome."""
@@ -91,11 +96,11 @@ class Mask:
     bits: tuple[int, ...]
 
     def __post_init__(self):
-        bits = tuple(int(b) for b in self.bits)
-        if len(bits) != self.layout.size:
-            raise MaskError(f"mask has {len(bits)} nodes but the network has {self.layout.size}")
-        if any(b not in (0, 1) for b in bits):
+        if len(self.bits) != self.layout.size:
+            raise MaskError(f"mask has {len(self.bits)} nodes but the network has {self.layout.size}")
+        if any(b not in (0, 1) for b in self.bits):
             raise MaskError("mask values must be 0 or 1")
+        bits = tuple(int(b) for b in self.bits)
         for name, (start, stop) in zip(self.layout.names, self.layout.spans()):
             if not any(bits[start:stop]):
                 raise MaskError(f"mask removes every channel of unit {name!r}; keep at least one")
@@ -122,27 +127,35 @@ class Mask:
 
     def kept(self) -> dict[str, list[int]]:
         """Kept channel indices per unit."""
-        return {n: [i for i in range(b - a) if self.bits[a + i]] for n, (a, b) in zip(self.layout.names,
-                                                                                     self.layout.spans())}
+        return {
+            n: [i for i in range(b - a) if self.bits[a + i]]
+            for n, (a, b) in zip(self.layout.names, self.layout.spans())
+        }
 
     def widths(self) -> dict[str, int]:
         """Kept channel count per unit: the widths of the compacted network."""
         return {n: sum(self.bits[a:b]) for n, (a, b) in zip(self.layout.names, self.layout.spans())}
 
     def encode(self) -> str:
-        """Compact text form for JSON: prefix + base64 of the packed bits (MSB first)."""
+        """Compact text form for JSON: ``m1:<layout fingerprint>:<base64 of the packed bits, MSB first>``."""
         packed = bytearray((len(self.bits) + 7) // 8)
         for i, b in enumerate(self.bits):
             if b:
                 packed[i // 8] |= 0x80 >> (i % 8)
-        return ENCODING_PREFIX + base64.urlsafe_b64encode(bytes(packed)).decode().rstrip("=")
+        body = base64.urlsafe_b64encode(bytes(packed)).decode().rstrip("=")
+        return f"{ENCODING_PREFIX}{self.layout.fingerprint()}:{body}"
 
     @classmethod
     def decode(cls, layout: Layout, text: str) -> Mask:
         """Inverse of ``encode``; MaskError if the text is not a mask of this layout."""
         if not isinstance(text, str) or not text.startswith(ENCODING_PREFIX):
             raise MaskError(f"not an encoded mask (expected it to start with {ENCODING_PREFIX!r})")
-        body = text[len(ENCODING_PREFIX):]
+        fingerprint, _, body = text[len(ENCODING_PREFIX) :].partition(":")
+        if fingerprint != layout.fingerprint():
+            raise MaskError(
+                f"mask was made for another network (layout {fingerprint}, this one is "
+                f"{layout.fingerprint()}); check --depth and --width"
+            )
         try:
             packed = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         except ValueError as exc:

@@ -102,8 +102,16 @@ class WideResNet(nn.Module):
             blocks = nn.ModuleList()
             for b in range(n):
                 c_in = prev if b == 0 else stream(s)
-                blocks.append(Block(w[c_in], w[inner(s, b)], w[stream(s)], 2 if (b == 0 and s > 1) else 1,
-                                    project=c_in != stream(s), units=(c_in, inner(s, b), stream(s))))
+                blocks.append(
+                    Block(
+                        w[c_in],
+                        w[inner(s, b)],
+                        w[stream(s)],
+                        2 if (b == 0 and s > 1) else 1,
+                        project=c_in != stream(s),
+                        units=(c_in, inner(s, b), stream(s)),
+                    )
+                )
             self.stages.append(blocks)
             prev = stream(s)
         self.bn = nn.BatchNorm2d(w[stream(3)])

@@ -57,15 +57,20 @@ class Progress:
         shown = "failed" if fit is None else f"{fit:.4f}"
         best = "-" if self.best is None else f"{self.best:.4f}"
         speed = f"{mean:.1f}s/eval" if mean is not None else "reused"
-        self._write(f"gen {self.gen + 1}/{self.cfg.generations}  eval {self.done_in_gen}/{self.nevals}  "
-                    f"fitness {shown}  best {best}  {speed}  ETA {eta}")
+        self._write(
+            f"gen {self.gen + 1}/{self.cfg.generations}  eval {self.done_in_gen}/{self.nevals}  "
+            f"fitness {shown}  best {best}  {speed}  ETA {eta}"
+        )
 
     def end_generation(self, state) -> None:
         last = state.logbook[-1]
         avg = "-" if last["avg"] is None else f"{last['avg']:.4f}"
         top = "-" if last["max"] is None else f"{last['max']:.4f}"
-        self._write(f"gen {self.gen + 1}/{self.cfg.generations} done: mean {avg}  max {top}  "
-                    f"failed {last['failed']}  elapsed {format_seconds(time.perf_counter() - self.start)}", final=True)
+        self._write(
+            f"gen {self.gen + 1}/{self.cfg.generations} done: mean {avg}  max {top}  "
+            f"failed {last['failed']}  elapsed {format_seconds(time.perf_counter() - self.start)}",
+            final=True,
+        )
 
     def close(self) -> None:
         pass

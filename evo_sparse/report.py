@@ -27,12 +27,17 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{'gen':>4} {'nevals':>6} {'failed':>6} {'min':>7} {'avg':>7} {'max':>7}",
     ]
     for e in s["logbook"]:
-        lines.append(f"{e['gen']:>4} {e['nevals']:>6} {e['failed']:>6} {_num(e['min']):>7} {_num(e['avg']):>7} "
-                     f"{_num(e['max']):>7}")
+        lines.append(
+            f"{e['gen']:>4} {e['nevals']:>6} {e['failed']:>6} {_num(e['min']):>7} {_num(e['avg']):>7} "
+            f"{_num(e['max']):>7}"
+        )
     best = s["best"]
     if best:
-        lines += ["", f"best     fitness {_num(best['fitness'])} at sparsity {best['sparsity']:.4f}: "
-                      f"{best['params']:,} params ({best['params'] / m['params']:.1%} of dense), "
-                      f"{best['macs'] / 1e6:.2f} MMACs ({best['macs'] / m['macs']:.1%})",
-                  f"mask     {best['mask']}"]
+        lines += [
+            "",
+            f"best     fitness {_num(best['fitness'])} at sparsity {best['sparsity']:.4f}: "
+            f"{best['params']:,} params ({best['params'] / m['params']:.1%} of dense), "
+            f"{best['macs'] / 1e6:.2f} MMACs ({best['macs'] / m['macs']:.1%})",
+            f"mask     {best['mask']}",
+        ]
     return "\n".join(lines)

@@ -18,9 +18,10 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,8 +74,11 @@ def layout_of(cfg: RunConfig) -> Layout:
 def _rng_state() -> dict[str, Any]:
     version, words, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(words), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-             "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    state = {
+        "python": [version, list(words), gauss],
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
     return state
@@ -100,23 +104,28 @@ def save_checkpoint(paths: RunPaths, state: SearchState, layout: Layout, evaluat
     def entry(ind) -> dict[str, Any]:
         return {"mask": Mask(layout, tuple(ind)).encode(), "record": ind.record}
 
-    write_json(paths.checkpoint, {
-        "schema": SCHEMA_VERSION,
-        "next_generation": state.generation,
-        "evaluations": evaluations,
-        "population": [entry(ind) for ind in state.population],
-        "hall_of_fame": [entry(ind) for ind in state.hall_of_fame],
-        "logbook": list(state.logbook),
-        "rng": _rng_state(),
-    })
+    write_json(
+        paths.checkpoint,
+        {
+            "schema": SCHEMA_VERSION,
+            "next_generation": state.generation,
+            "evaluations": evaluations,
+            "population": [entry(ind) for ind in state.population],
+            "hall_of_fame": [entry(ind) for ind in state.hall_of_fame],
+            "logbook": list(state.logbook),
+            "rng": _rng_state(),
+        },
+    )
 
 
 def load_checkpoint(paths: RunPaths, layout: Layout, hof_size: int) -> tuple[SearchState, int]:
     """The saved search state (RNG states restored) and the number of evaluations it covers."""
     ckpt = read_json(paths.checkpoint, "checkpoint")
     if ckpt.get("schema") != SCHEMA_VERSION:
-        raise RunStateError(f"checkpoint {paths.checkpoint} has schema {ckpt.get('schema')}, this version reads "
-                            f"{SCHEMA_VERSION}; run it with the version that wrote it, or use a new --runs-dir")
+        raise RunStateError(
+            f"checkpoint {paths.checkpoint} has schema {ckpt.get('schema')}, this version reads "
+            f"{SCHEMA_VERSION}; run it with the version that wrote it, or use a new --runs-dir"
+        )
 
     def individual(entry):
         ind = creator.MaskIndividual(Mask.decode(layout, entry["mask"]).bits)
@@ -149,21 +158,75 @@ def check_config(paths: RunPaths, cfg: RunConfig) -> bool:
 
 
 def is_finished(paths: RunPaths, cfg: RunConfig) -> bool:
-    return paths.checkpoint.exists() and read_json(paths.checkpoint, "checkpoint")["next_generation"] >= \
-        cfg.search.generations
+    return (
+        paths.checkpoint.exists()
+        and read_json(paths.checkpoint, "checkpoint")["next_generation"] >= cfg.search.generations
+    )
 
 
 def load_splits(cfg: RunConfig, log: Callable[[str], None]):
     from evo_sparse import data
 
     if cfg.data.dataset == "synthetic":
-        return data.make_synthetic(seed=cfg.data.split_seed, train_size=cfg.data.synthetic_train,
-                                   val_size=cfg.data.val_size, test_size=cfg.data.val_size)
+        return data.make_synthetic(
+            seed=cfg.data.split_seed,
+            train_size=cfg.data.synthetic_train,
+            val_size=cfg.data.val_size,
+            test_size=cfg.data.val_size,
+        )
     return data.load_cifar10(cfg.data.path, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed, log=log)
 
 
-def execute(cfg: RunConfig, *, log: Callable[[str], None] = print, show_progress: bool = True) -> Path:
-    """Run (or resume, or skip when finished) the search ``cfg`` describes; return its folder."""
+class Journal:
+    """The evaluations file: appends each finished evaluation, and hands back those a resumed generation already has.
+
+    Rows after the checkpoint's count belong to the generation that was running when the run stopped; they are
+    reused when the same individual (same generation, position and mask) comes up again, and not written twice.
+    """
+
+    def __init__(self, path: Path, layout: Layout, checkpointed: int):
+        self.path, self.layout = path, layout
+        rows = read_jsonl(path)
+        self.rows = len(rows)
+        self.pending = {(r["gen"], r["index"]): r for r in rows[checkpointed:]}
+        self.gen = 0
+
+    def wrap(self, inner_map: Callable) -> Callable:
+        """A ``toolbox.map`` that takes pending rows first and evaluates the rest with ``inner_map``, in order."""
+
+        def journaled_map(func, individuals):
+            keys = [Mask(self.layout, tuple(ind)).encode() for ind in individuals]
+            reuse = {
+                i: row for i, k in enumerate(keys) if (row := self.pending.get((self.gen, i), {})).get("mask") == k
+            }
+            fresh = iter(inner_map(func, [ind for i, ind in enumerate(individuals) if i not in reuse]))
+            for i, key in enumerate(keys):
+                yield dict(reuse[i], journaled=True) if i in reuse else dict(next(fresh), mask=key)
+
+        return journaled_map
+
+    def record(self, gen: int, index: int, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Append ``record`` unless it came from the journal; return (the record as individuals keep it, appended)."""
+        reused = record.pop("journaled", False)
+        if not reused:
+            append_jsonl(self.path, [{"gen": gen, "index": index} | record])
+            self.rows += 1
+        return {k: v for k, v in record.items() if k not in ("gen", "index", "mask")}, not reused
+
+
+def execute(
+    cfg: RunConfig,
+    *,
+    log: Callable[[str], None] = print,
+    show_progress: bool = True,
+    customize: Callable[[Any], None] | None = None,
+) -> Path:
+    """Run (or resume, or skip when finished) the search ``cfg`` describes; return its folder.
+
+    ``customize(toolbox)`` may register other DEAP operators (``mate``, ``mutate``, ``select``, ``select_parents``)
+    before the loop starts. The run folder does not know about them: give such runs their own ``runs_dir``.
+    """
+    from evo_sparse.backends import ProcessMap, worker_count
     from evo_sparse.fitness import Evaluator, resolve_device
 
     cfg.validate()
@@ -173,64 +236,68 @@ def execute(cfg: RunConfig, *, log: Callable[[str], None] = print, show_progress
         log(f"run already finished: {paths.root}")
         return paths.root
     device = resolve_device(cfg.device)
-    splits = load_splits(cfg, log)
-    log(f"data: {splits.description}; device: {device}; "
-        f"WRN-{cfg.model.depth}-{cfg.model.width} at sparsity {cfg.search.sparsity}")
-    evaluator = Evaluator(cfg, splits, device)
-    layout = evaluator.layout
+    splits = load_splits(cfg, log)  # also decodes and caches the data once, before any worker starts
+    workers = worker_count(cfg, device.type)
+    where = f"{workers} worker processes" if workers else "this process"
+    log(
+        f"data: {splits.description}; device: {device} ({where}); "
+        f"WRN-{cfg.model.depth}-{cfg.model.width} at sparsity {cfg.search.sparsity}"
+    )
+    layout = layout_of(cfg)
     if not known:
         write_json(paths.config, cfg.to_dict())
-    write_json(paths.environment, environment(splits.description, device))
+    write_json(paths.environment, environment(splits.description, device, workers))
 
     seed_everything(cfg.seed)
     state, done = SearchState(), 0
     if paths.checkpoint.exists():
         state, done = load_checkpoint(paths, layout, cfg.search.survivors)
         log(f"resuming at generation {state.generation + 1} of {cfg.search.generations}")
-    journal = read_jsonl(paths.evaluations)
-    pending = {(r["gen"], r["index"]): r for r in journal[done:]}
+    journal = Journal(paths.evaluations, layout, done)
     progress = Progress(cfg.search, enabled=show_progress)
-    current = {"gen": 0, "journal_rows": len(journal)}
-
-    def resuming_map(func, individuals):
-        """Evaluate in input order, taking what the journal already holds for this generation."""
-        keys = [Mask(layout, tuple(ind)).encode() for ind in individuals]
-        reuse = {i: pending[(current["gen"], i)] for i, k in enumerate(keys)
-                 if pending.get((current["gen"], i), {}).get("mask") == k}
-        fresh = map(func, [ind for i, ind in enumerate(individuals) if i not in reuse])
-        for i, key in enumerate(keys):
-            yield dict(reuse[i], journaled=True) if i in reuse else dict(next(fresh), mask=key)
 
     def on_generation_start(gen, nevals):
-        current["gen"] = gen
+        journal.gen = gen
         progress.start_generation(gen, nevals)
 
     def on_evaluated(gen, index, ind):
-        record = ind.record
-        if not record.pop("journaled", False):
-            append_jsonl(paths.evaluations, [{"gen": gen, "index": index} | record])
-            current["journal_rows"] += 1
-            progress.evaluated(record)
-        else:
-            progress.evaluated(record, reused=True)
-        ind.record = {k: v for k, v in record.items() if k not in ("gen", "index", "mask")}
+        ind.record, fresh = journal.record(gen, index, ind.record)
+        progress.evaluated(ind.record, reused=not fresh)
 
     def on_generation_end(st):
-        save_checkpoint(paths, st, layout, evaluations=current["journal_rows"])
+        save_checkpoint(paths, st, layout, evaluations=journal.rows)
         progress.end_generation(st)
 
-    toolbox = make_toolbox(cfg.search, layout, evaluator)
-    toolbox.register("map", resuming_map)
-    evolve(toolbox, cfg.search, state, Hooks(on_generation_start, on_evaluated, on_generation_end))
-    progress.close()
+    pool = ProcessMap(cfg, workers) if workers else None
+    try:
+        evaluate = pool.evaluate if pool else Evaluator(cfg, splits, device)
+        del splits  # the workers hold their own copy
+        toolbox = make_toolbox(cfg.search, layout, evaluate)
+        if pool:
+            toolbox.register("map", pool)
+        if customize is not None:
+            customize(toolbox)
+        toolbox.register("map", journal.wrap(toolbox.map))  # the backend's map must keep input order
+        evolve(toolbox, cfg.search, state, Hooks(on_generation_start, on_evaluated, on_generation_end))
+    finally:
+        if pool:
+            pool.close()
     return paths.root
 
 
-def environment(data_description: str, device: torch.device) -> dict[str, Any]:
+def environment(data_description: str, device: torch.device, workers: int) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"data": data_description, "device": str(device), "gpu": gpu, "cpu_threads": torch.get_num_threads(),
-            "evo_sparse": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
-            "platform": platform.platform(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {
+        "data": data_description,
+        "device": str(device),
+        "gpu": gpu,
+        "worker_processes": workers,
+        "evo_sparse": __version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 # --- summary (for `evo-sparse show`) ------------------------------------------------------------------------------
@@ -249,8 +316,14 @@ def summarize(folder: str | Path) -> dict[str, Any]:
 
     def described(entry):
         rec = entry["record"]
-        return {"fitness": rec.get("fitness"), "status": rec.get("status"), "sparsity": rec.get("sparsity"),
-                "params": rec.get("params"), "macs": rec.get("macs"), "mask": entry["mask"]}
+        return {
+            "fitness": rec.get("fitness"),
+            "status": rec.get("status"),
+            "sparsity": rec.get("sparsity"),
+            "params": rec.get("params"),
+            "macs": rec.get("macs"),
+            "mask": entry["mask"],
+        }
 
     ok = [r for r in journal if r.get("status") == "ok"]
     hof = ckpt["hall_of_fame"] if ckpt else []
@@ -271,13 +344,20 @@ def summarize(folder: str | Path) -> dict[str, Any]:
         "failed_evaluations": len(journal) - len(ok),
         "data": env.get("data"),
         "device": env.get("device"),
-        "model": {"depth": cfg.model.depth, "width": cfg.model.width, "params": full_params, "macs": full_macs,
-                  "maskable_nodes": layout.size},
+        "model": {
+            "depth": cfg.model.depth,
+            "width": cfg.model.width,
+            "params": full_params,
+            "macs": full_macs,
+            "maskable_nodes": layout.size,
+        },
         "train_images_per_eval": cfg.train.train_images // cfg.train.batch_size * cfg.train.batch_size,
         "eval_seconds_mean": float(np.mean([r["seconds"] for r in ok])) if ok else None,
         "best": described(hof[0]) if hof else None,
         "hall_of_fame": [described(e) for e in hof],
-        "logbook": [{k: e[k] for k in ("gen", "nevals", "failed", "min", "avg", "max", "std")}
-                    for e in (ckpt["logbook"] if ckpt else [])],
+        "logbook": [
+            {k: e[k] for k in ("gen", "nevals", "failed", "min", "avg", "max", "std")}
+            for e in (ckpt["logbook"] if ckpt else [])
+        ],
         "population": [described(e) for e in (ckpt["population"] if ckpt else [])],
     }

@@ -13,9 +13,10 @@ Genomes are plain lists of 0/1, as DEAP's crossovers need.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from deap import base, creator, tools
@@ -71,12 +72,25 @@ def repair(individual, layout: Layout, counts: tuple[int, ...] | None, total: in
         for (start, stop), k in zip(spans, counts):
             _set_count(individual, list(range(start, stop)), k)
         return (individual,)
+    unit_of = [u for u, (start, stop) in enumerate(spans) for _ in range(start, stop)]
     for start, stop in spans:  # no unit may be empty
         if not any(individual[start:stop]):
             individual[random.randrange(start, stop)] = 1
-    protected = {i for start, stop in spans if sum(individual[start:stop]) == 1
-                 for i in range(start, stop) if individual[i]}
-    _set_count(individual, [i for i in range(layout.size) if i not in protected], total - len(protected))
+    kept = [sum(individual[start:stop]) for start, stop in spans]
+    on = [i for i in range(layout.size) if individual[i]]
+    random.shuffle(on)
+    excess = len(on) - total
+    for i in on:  # switch nodes off in random order, never a unit's last one
+        if excess <= 0:
+            break
+        if kept[unit_of[i]] > 1:
+            individual[i] = 0
+            kept[unit_of[i]] -= 1
+            excess -= 1
+    if excess < 0:
+        off = [i for i in range(layout.size) if not individual[i]]
+        for i in random.sample(off, -excess):
+            individual[i] = 1
     return (individual,)
 
 
@@ -194,17 +208,19 @@ def next_generation(population: list, toolbox: base.Toolbox, keep: int, cxpb: fl
 
 def assign(individual, record: dict[str, Any]) -> None:
     """Give an individual its evaluation: the accuracy as fitness, or ``FAILED_FITNESS`` when it failed."""
-    ok = record.get("status") == "ok" and record.get("fitness") is not None
-    individual.fitness.values = (float(record["fitness"]) if ok else FAILED_FITNESS,)
     individual.record = record
+    individual.fitness.values = (float(record["fitness"]) if succeeded(individual) else FAILED_FITNESS,)
 
 
 def succeeded(individual) -> bool:
-    return individual.record is not None and individual.record.get("status") == "ok"
+    """True when the individual's evaluation gave an accuracy (the test ``assign`` uses)."""
+    record = individual.record
+    return record is not None and record.get("status") == "ok" and record.get("fitness") is not None
 
 
-def evolve(toolbox: base.Toolbox, cfg: SearchConfig, state: SearchState | None = None,
-           hooks: Hooks | None = None) -> SearchState:
+def evolve(
+    toolbox: base.Toolbox, cfg: SearchConfig, state: SearchState | None = None, hooks: Hooks | None = None
+) -> SearchState:
     """Run generations ``state.generation .. cfg.generations-1`` and return the final state.
 
     Generation 0 evaluates a random population; every later one keeps K survivors and evaluates the P-K new or
@@ -225,13 +241,14 @@ def evolve(toolbox: base.Toolbox, cfg: SearchConfig, state: SearchState | None =
             population = next_generation(state.population, toolbox, cfg.survivors, cxpb, mutpb)
         invalid = [ind for ind in population if not ind.fitness.valid]
         hooks.on_generation_start(gen, len(invalid))
-        for index, (ind, record) in enumerate(zip(invalid, toolbox.map(toolbox.evaluate, invalid))):
+        for index, (ind, record) in enumerate(zip(invalid, toolbox.map(toolbox.evaluate, invalid), strict=True)):
             assign(ind, record)
             hooks.on_evaluated(gen, index, ind)
         state.hall_of_fame.update([ind for ind in population if succeeded(ind)])
         failed = sum(not succeeded(ind) for ind in population)
-        state.logbook.record(gen=gen, nevals=len(invalid), failed=failed,
-                             **stats.compile([ind for ind in population if succeeded(ind)]))
+        state.logbook.record(
+            gen=gen, nevals=len(invalid), failed=failed, **stats.compile([ind for ind in population if succeeded(ind)])
+        )
         state.population = population
         state.generation = gen + 1
         hooks.on_generation_end(state)

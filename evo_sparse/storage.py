@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from evo_sparse.errors import RunStateError
 
@@ -70,26 +71,22 @@ def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a journal; a torn or unterminated last line is ignored (and cut off), damage earlier is refused."""
+    """Rows of a journal. A last line without its newline (a write cut short by a crash) is dropped and cut off
+    the file; any other unreadable line is damage, refused with RunStateError."""
     path = Path(path)
     if not path.exists():
         return []
     data = path.read_bytes()
-    lines = data.split(b"\n")
-    rows, good_bytes = [], 0
-    for n, line in enumerate(lines):
-        last = n == len(lines) - 1
-        if last and not line:
-            break
+    complete, _, torn = data.rpartition(b"\n")
+    if not _:  # no newline at all: everything is a torn first line
+        complete, torn = b"", data
+    rows = []
+    for n, line in enumerate(complete.split(b"\n") if complete else [], start=1):
         try:
-            if last:  # no newline after it: the write was cut short
-                raise ValueError("unterminated")
             rows.append(json.loads(line))
-            good_bytes += len(line) + 1
         except ValueError:
-            if n >= len(lines) - 2:
-                with open(path, "r+b") as f:  # a torn tail from a crash: drop it so appends start clean
-                    f.truncate(good_bytes)
-                break
-            raise RunStateError(f"journal {path} is damaged at line {n + 1}; restore it or delete the run folder")
+            raise RunStateError(f"journal {path} is damaged at line {n}; restore it or delete the run folder") from None
+    if torn:
+        with open(path, "r+b") as f:
+            f.truncate(len(data) - len(torn))
     return rows

@@ -103,8 +103,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     correct = torch.zeros((), device=device)
     loss = torch.zeros((), device=device)
     for i in range(0, len(images), batch_size):
-        x = normalize(images[i:i + batch_size].to(device))
-        y = labels[i:i + batch_size].to(device)
+        x = normalize(images[i : i + batch_size].to(device))
+        y = labels[i : i + batch_size].to(device)
         out = model(x).float()
         loss += F.cross_entropy(out, y, reduction="sum")
         correct += (out.argmax(1) == y).sum()

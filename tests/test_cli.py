@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from evo_sparse import models
 from evo_sparse.cli import RUN_OPTIONS, cli
 from evo_sparse.config import RunConfig, flat_items, preset
 from evo_sparse.masks import Layout, Mask
-from evo_sparse import models
 
 SMOKE = ["run", "--preset", "smoke", "--generations", "3", "--pop", "6", "--keep", "3", "--sparsity", "0.5", "--quiet"]
 
@@ -40,8 +40,9 @@ def results(folder: Path) -> dict:
 
     journal = [json.loads(line) for line in (folder / "evaluations.jsonl").read_text().splitlines()]
     config = RunConfig.from_dict(json.loads((folder / "config.json").read_text())).hashed_items()
-    return timeless({"config": config, "journal": journal,
-                     "checkpoint": json.loads((folder / "checkpoint.json").read_text())})
+    return timeless(
+        {"config": config, "journal": journal, "checkpoint": json.loads((folder / "checkpoint.json").read_text())}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +104,13 @@ def test_every_run_option_maps_to_a_config_field():
     keys = [key for key, _ in RUN_OPTIONS.values()]
     assert len(set(keys)) == len(keys) and set(keys) <= set(settings)
     # Settings without an option are fixed by presets on purpose; anything else must be reachable from the CLI.
-    assert set(settings) - set(keys) == {"preset", "data.split_seed", "data.synthetic_train", "train.momentum",
-                                         "train.eval_batch_size"}
+    assert set(settings) - set(keys) == {
+        "preset",
+        "data.split_seed",
+        "data.synthetic_train",
+        "train.momentum",
+        "train.eval_batch_size",
+    }
     help_text = invoke("run", "--help").stdout
     assert all(f"--{option}" in help_text for option in [*RUN_OPTIONS, "preset"])
 

@@ -1,0 +1,71 @@
+"""Where fitness evaluations run: in this process, or over spawned CPU worker processes.
+
+Both plug into DEAP as ``toolbox.map`` and return records in input order. A fitness value depends only on
+(config, seed, mask): on the CPU every evaluation runs with ``CPU_THREADS`` intra-op threads wherever it runs
+(thread count changes float summation order, hence results), and each worker builds the very same ``Evaluator``
+from the run's config. Worker processes are spawned, never forked, so CUDA and OpenMP state is never inherited.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from evo_sparse.config import RunConfig
+
+CPU_THREADS = 1  # per evaluation: deterministic, and immune to oversubscribed cores; parallelism comes from workers
+
+_worker: dict[str, Any] = {}
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def worker_count(cfg: RunConfig, device_type: str) -> int:
+    """Worker processes for this run: 0 (evaluate in this process) on CUDA, else ``cfg.workers`` or one per core."""
+    if device_type != "cpu":
+        return 0
+    n = cfg.workers or cpu_cores()
+    return 0 if n <= 1 else n
+
+
+def _init_worker(cfg_dict: dict[str, Any]) -> None:
+    import torch
+
+    from evo_sparse.fitness import Evaluator
+    from evo_sparse.runs import load_splits
+
+    torch.set_num_threads(CPU_THREADS)
+    cfg = RunConfig.from_dict(cfg_dict)
+    _worker["evaluate"] = Evaluator(cfg, load_splits(cfg, log=lambda _: None), "cpu")
+
+
+def _evaluate(genome: list[int]) -> dict[str, Any]:
+    return _worker["evaluate"](genome)
+
+
+class ProcessMap:
+    """``toolbox.map`` over ``workers`` spawned processes, one evaluation at a time each, results in input order."""
+
+    def __init__(self, cfg: RunConfig, workers: int):
+        self.workers = workers
+        ctx = multiprocessing.get_context("spawn")
+        self.pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.to_dict(),))
+
+    def __call__(self, func: Callable, individuals: Iterable) -> Iterable[dict[str, Any]]:
+        """Evaluate ``individuals``; ``func`` (the toolbox's ``evaluate``) is ignored: the workers hold the evaluator."""
+        return self.pool.imap(_evaluate, [list(ind) for ind in individuals], chunksize=1)
+
+    def evaluate(self, genome) -> dict[str, Any]:
+        """The same evaluation, run in a worker (one at a time: use the map for a population)."""
+        return self.pool.apply(_evaluate, (list(genome),))
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
