@@ -16,7 +16,8 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """Counts evaluations of a search and estimates the time left from the mean time of those computed here."""
+    """Counts evaluations of a search; the ETA comes from the wall-clock rate of the evaluations computed here
+    (so parallel workers are accounted for), the s/eval figure from their own mean duration."""
 
     def __init__(self, cfg: SearchConfig, *, enabled: bool = True, stream=None):
         self.cfg = cfg
@@ -27,6 +28,7 @@ class Progress:
         self.best: float | None = None
         self.gen = self.done_in_gen = self.nevals = 0
         self.start = time.perf_counter()
+        self.first: float | None = None  # when the first evaluation computed here started
 
     def _write(self, text: str, final: bool = False) -> None:
         if not self.enabled:
@@ -44,6 +46,8 @@ class Progress:
 
     def start_generation(self, gen: int, nevals: int) -> None:
         self.gen, self.nevals, self.done_in_gen = gen, nevals, 0
+        if self.first is None:
+            self.first = time.perf_counter()
 
     def evaluated(self, record: dict, reused: bool = False) -> None:
         self.done_in_gen += 1
@@ -53,7 +57,8 @@ class Progress:
         if fit is not None and (self.best is None or fit > self.best):
             self.best = fit
         mean = sum(self.seconds) / len(self.seconds) if self.seconds else None
-        eta = format_seconds(mean * self.remaining_evaluations()) if mean is not None else "?"
+        wall_rate = (time.perf_counter() - self.first) / len(self.seconds) if self.seconds else None
+        eta = format_seconds(wall_rate * self.remaining_evaluations()) if wall_rate is not None else "?"
         shown = "failed" if fit is None else f"{fit:.4f}"
         best = "-" if self.best is None else f"{self.best:.4f}"
         speed = f"{mean:.1f}s/eval" if mean is not None else "reused"
@@ -71,6 +76,3 @@ class Progress:
             f"failed {last['failed']}  elapsed {format_seconds(time.perf_counter() - self.start)}",
             final=True,
         )
-
-    def close(self) -> None:
-        pass
