@@ -59,7 +59,7 @@ class ProcessMap:
         self.pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.to_dict(),))
 
     def __call__(self, func: Callable, individuals: Iterable) -> Iterable[dict[str, Any]]:
-        """Evaluate ``individuals``; ``func`` (the toolbox's ``evaluate``) is ignored: the workers hold the evaluator."""
+        """Evaluate ``individuals`` in order; ``func`` (the toolbox's evaluate) is ignored: workers hold the evaluator."""
         return self.pool.imap(_evaluate, [list(ind) for ind in individuals], chunksize=1)
 
     def evaluate(self, genome) -> dict[str, Any]:

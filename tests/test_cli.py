@@ -150,3 +150,13 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, needle):
 def test_show_on_a_folder_that_is_not_a_run(tmp_path):
     result = CliRunner().invoke(cli, ["show", str(tmp_path)])
     assert result.exit_code == 2 and "not a run folder" in result.stderr
+
+
+def test_ga_run_keeps_exact_sparsity(tmp_path):
+    folder = run_smoke(tmp_path, "--algorithm", "ga", "--sparsity", "0.8")
+    summary = json.loads(invoke("show", str(folder), "--json").stdout)
+    layout = Layout.from_units(models.units(10, 1))
+    assert summary["algorithm"] == "ga" and summary["generations_done"] == 3
+    assert all(0 < e["nevals"] <= 3 for e in summary["logbook"][1:])  # only changed offspring are evaluated
+    for entry in summary["population"]:
+        assert tuple(Mask.decode(layout, entry["mask"]).widths().values()) == layout.layerwise_counts(0.8)
