@@ -138,4 +138,49 @@ def show(run_dir: str, as_json: bool):
     click.echo(json.dumps(summary, indent=1) if as_json else format_summary(summary))
 
 
+@cli.command()
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="cpu", help="network and recipe to time")
+@click.option("--sparsities", default="0,0.5,0.8,0.9", help="comma-separated node sparsities")
+@click.option("--pop", "population", type=click.IntRange(2), default=20, help="population size for path c")
+@click.option("--repeats", type=click.IntRange(1), default=3, help="interleaved repeats; medians are reported")
+@click.option("--train-images", type=click.IntRange(1), default=1024, help="training images per fitness")
+@click.option("--val-images", type=click.IntRange(1), default=1000, help="validation images per fitness")
+@click.option("--data", default=None, help="CIFAR-10 archive or folder (default: found automatically)")
+@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+def bench(
+    preset: str,
+    sparsities: str,
+    population: int,
+    repeats: int,
+    train_images: int,
+    val_images: int,
+    data: str | None,
+    device: str,
+):
+    """Time fitness evaluation: masked + DataLoader (a), compacted (b), whole population (c); prints JSON last."""
+    from evo_sparse.bench import bench_config, format_table, run_benchmark
+    from evo_sparse.fitness import resolve_device
+    from evo_sparse.runs import load_splits
+
+    try:
+        levels = tuple(float(s) for s in sparsities.split(","))
+    except ValueError:
+        raise ConfigError(f"--sparsities must be comma-separated numbers like 0,0.5,0.8, not {sparsities!r}") from None
+    cfg = build_config(preset, {"data": data} if data else {})
+    cfg = bench_config(cfg, train_images, val_images)
+    for s in levels:
+        cfg.updated({"search.sparsity": s}).validate()
+    result = run_benchmark(
+        cfg,
+        load_splits(cfg, _log),
+        sparsities=levels,
+        population=population,
+        repeats=repeats,
+        device=str(resolve_device(device)),
+        log=_log,
+    )
+    click.echo(format_table(result))
+    click.echo(json.dumps(result))
+
+
 main = cli
