@@ -144,6 +144,11 @@ def run_benchmark(
         for fn in pops.values():
             getattr(fn, "close", lambda: None)()
     images = cfg.train.train_images // cfg.train.batch_size * cfg.train.batch_size
+    macs = {
+        s: statistics.mean(models.cost(cfg.model.depth, cfg.model.width, m.widths())[1] for m in masks[s])
+        for s in sparsities
+    }
+    needed = {s: 6 * macs[s] * images + 2 * macs[s] * len(evaluator.val_x) for s in sparsities}
     med = {k: statistics.median(v) for k, v in times.items()}
     paths = sorted({p for p, _ in med})
     best_c = {
@@ -168,6 +173,8 @@ def run_benchmark(
         "data": splits.description,
         "seconds_per_individual": {f"{p}@{s}": med[(p, s)] for p, s in med},
         "images_per_second": {f"{p}@{s}": images / med[(p, s)] for p, s in med},
+        # FLOPs the compacted networks really need (train: 6 per MAC per image; validation: 2), per second.
+        "achieved_tflops": {f"{p}@{s}": needed[s] / med[(p, s)] / 1e12 for p, s in med if p != "a"},
         "best_population_path": {str(s): best_c[s] for s in sparsities},
         "ratios": ratios,
         "max_fitness_diff_vs_b": agreement,
