@@ -27,6 +27,7 @@ RUN_OPTIONS: dict[str, tuple[str, click.ParamType]] = {
     "mutpb": ("search.mutpb", click.FLOAT),
     "swap-prob": ("search.swap_prob", click.FLOAT),
     "tournament": ("search.tournament", click.INT),
+    "max-failed-share": ("search.max_failed_share", click.FLOAT),
     "depth": ("model.depth", click.INT),
     "width": ("model.width", click.INT),
     "train-images": ("train.train_images", click.INT),
@@ -181,6 +182,161 @@ def bench(
     )
     click.echo(format_table(result))
     click.echo(json.dumps(result))
+
+
+# --- the paper experiment: final training, the whole study, GA vs Random Search, figures ------------------------------
+
+# option name -> FinalConfig field (the full-training recipe; a value not given comes from the preset)
+FINAL_OPTIONS: dict[str, str] = {
+    "epochs": "epochs",
+    "final-batch-size": "batch_size",
+    "final-lr": "lr",
+    "schedule": "schedule",
+    "gamma": "gamma",
+    "final-warmup": "warmup",
+    "final-weight-decay": "weight_decay",
+    "final-label-smoothing": "label_smoothing",
+    "final-masks": "masks",
+    "final-seeds": "seeds",
+}
+
+
+def final_options(fn=None, *, seeds_option: str = "final-seeds"):
+    """The FINAL_OPTIONS as click options (``--final-seeds`` spelled ``seeds_option``)."""
+    from dataclasses import fields
+
+    if fn is None:
+        return lambda f: final_options(f, seeds_option=seeds_option)
+
+    from evo_sparse.config import FinalConfig, final_field_help
+
+    kinds = {f.name: f for f in fields(FinalConfig)}
+    for name, key in reversed(FINAL_OPTIONS.items()):
+        f = kinds[key]
+        choices = f.metadata["choices"]
+        kind = click.Choice(choices) if choices else (click.INT if f.type == "int" else click.FLOAT)
+        spelled = seeds_option if name == "final-seeds" else name
+        help_text = final_field_help(key)
+        fn = click.option(f"--{spelled}", name.replace("-", "_"), type=kind, default=None, help=help_text)(fn)
+    return fn
+
+
+def build_final(preset_name: str, options: dict):
+    """The preset's full-training recipe with every given FINAL_OPTIONS value applied, validated."""
+    from evo_sparse.config import final_preset
+
+    given = {FINAL_OPTIONS[k.replace("_", "-")]: v for k, v in options.items() if v is not None}
+    return final_preset(preset_name).updated(given).validate()
+
+
+def some_run_options(*excluded: str):
+    """``run``'s options (and ``--preset``) except ``excluded``, for commands that set those themselves."""
+
+    def decorate(fn):
+        for name, (key, kind) in reversed(RUN_OPTIONS.items()):
+            if name not in excluded:
+                fn = click.option(f"--{name}", type=kind, default=None, help=field_help(key))(fn)
+        help_text = "named settings (default: paper with CUDA, else cpu)"
+        return click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help=help_text)(fn)
+
+    return decorate
+
+
+def _split(options: dict) -> tuple[dict, dict]:
+    run = {k: v for k, v in options.items() if k.replace("_", "-") in RUN_OPTIONS}
+    return run, {k: v for k, v in options.items() if k not in run}
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="recipe preset (default: the run's)")
+@final_options(seeds_option="seeds")
+@click.option("--no-dense", is_flag=True, help="do not train the dense parent")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the run's)")
+@click.option("--workers", type=click.IntRange(0), default=None, help="CPU worker processes (0 = one per core)")
+@click.option("--quiet", is_flag=True, help="no progress lines")
+def final(
+    run_dir: str, preset: str | None, no_dense: bool, device: str | None, workers: int | None, quiet: bool, **opts
+):
+    """Fully train a finished run's best K masks, K random masks of its sparsity and the dense parent; prints the
+    folder of the results last. Rerunning trains only what is missing."""
+    from evo_sparse import final as final_training
+    from evo_sparse.study import StudyProgress
+
+    cfg, _ = final_training.load_run(run_dir)
+    fc = build_final(preset or cfg.preset, opts)
+    jobs = final_training.run_jobs(run_dir, fc, dense=not no_dense)
+    progress = StudyProgress(_log, enabled=not quiet)
+    progress.add(len(jobs), sum(j.images for j in jobs))
+    on_disk = [j for j in jobs if j.path.exists()]
+    progress.skipped(len(on_disk), sum(j.images for j in on_disk))
+
+    def on_done(job, record):
+        acc = record["final_test_acc"]
+        what = f"test acc {acc:.4f}" if acc is not None else f"failed: {record['reason']}"
+        progress.finished(f"{job.kind} #{job.index} {job.seed_label}: {what}", job.images)
+
+    records = final_training.execute(
+        jobs, device=device or cfg.device, workers=cfg.workers if workers is None else workers, on_done=on_done
+    )
+    from evo_sparse.analysis import analyse, format_analysis
+
+    click.echo(format_analysis(analyse(records)))
+    click.echo(str(final_training.final_folder(run_dir, fc)))
+
+
+@cli.command()
+@some_run_options("sparsity", "seed")
+@click.option("--sparsities", default="0,0.5,0.8,0.9", help="comma-separated node sparsities; 0 = the dense parent")
+@click.option("--seeds", type=click.IntRange(1), default=3, help="search seeds per sparsity (0..N-1)")
+@final_options
+@click.option("--quiet", is_flag=True, help="no progress lines")
+def paper(preset: str | None, sparsities: str, seeds: int, quiet: bool, **options):
+    """The whole study: search, final training, statistics and figures for every sparsity and seed; prints the study
+    folder last. Rerunning resumes it, or does nothing when it is finished."""
+    from evo_sparse.analysis import format_analysis
+    from evo_sparse.study import paper as run_paper
+    from evo_sparse.study import parse_list
+
+    run_opts, final_opts = _split(options)
+    levels = parse_list(sparsities, "sparsities")
+    cfg = build_config(preset, run_opts)
+    folder, result = run_paper(
+        cfg, build_final(cfg.preset, final_opts), sparsities=levels, seeds=seeds, log=_log, show_progress=not quiet
+    )
+    click.echo(format_analysis(result))
+    click.echo(str(folder))
+
+
+@cli.command()
+@some_run_options("algorithm", "seed")
+@click.option("--algorithms", default="weedout,ga", help="comma-separated algorithms; the first is the baseline")
+@click.option("--runs", type=click.IntRange(1), default=5, help="independent runs (seeds 0..N-1) per algorithm")
+@click.option("--quiet", is_flag=True, help="no progress lines")
+def compare(preset: str | None, algorithms: str, runs: int, quiet: bool, **options):
+    """GA vs Random Search at an equal budget of fitness evaluations: best-so-far curves and tests; prints the
+    comparison folder last."""
+    from evo_sparse.study import compare as run_compare
+    from evo_sparse.study import format_comparison, parse_list
+
+    names = parse_list(algorithms, "algorithms", str)
+    cfg = build_config(preset, options)
+    folder, comparison = run_compare(cfg, algorithms=names, runs=runs, log=_log, show_progress=not quiet)
+    click.echo(format_comparison(comparison))
+    click.echo(str(folder))
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default="plots", show_default=True, help="folder for the figures")
+def plot(folders: tuple[str, ...], out: str):
+    """Draw the figures of study, comparison, run or final-training folders (PNG, PDF and a JSON sidecar each);
+    prints each figure, then the output folder last. Never trains."""
+    from evo_sparse.plots import draw_all, load
+
+    for path in draw_all(load(list(folders)), out):
+        click.echo(str(path))
+    click.echo(out)
 
 
 main = cli

@@ -76,6 +76,9 @@ class SearchConfig:
     mutpb: float = _f(0.3, "ga only: probability that an offspring is mutated")
     swap_prob: float = _f(0.1, "ga only: per-unit probability of one keep/drop swap in a mutation")
     tournament: int = _f(3, "ga only: tournament size for choosing parents")
+    max_failed_share: float = _f(
+        0.5, "stop (resumably) once more than this share of all evaluations failed; 1 = never stop", hash=False
+    )
 
     @property
     def survivors(self) -> int:
@@ -102,7 +105,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        """Rebuild from ``to_dict``; unknown keys are an error, missing ones take their defaults."""
+        """Rebuild from ``to_dict``; unknown keys are an error, missing ones take their defaults. A top-level
+        ``schema`` (the version of the file config.json, checked by ``runs.read_config``) is ignored."""
+        if isinstance(d, dict) and "schema" in d:
+            d = {k: v for k, v in d.items() if k != "schema"}
         return _build(cls, d, "")
 
     def hashed_items(self) -> dict[str, Any]:
@@ -152,6 +158,7 @@ class RunConfig:
         _check(0.0 <= s.cxpb <= 1.0 and 0.0 <= s.mutpb <= 1.0, "cxpb", "and --mutpb must be probabilities in [0, 1]")
         _check(0.0 <= s.swap_prob <= 1.0, "swap-prob", f"must be in [0, 1], not {s.swap_prob}")
         _check(s.tournament >= 1, "tournament", f"must be at least 1, not {s.tournament}")
+        _check(0.0 <= s.max_failed_share <= 1.0, "max-failed-share", f"must be in [0, 1], not {s.max_failed_share}")
         _check(t.train_images >= t.batch_size >= 1, "train-images", f"must be at least --batch-size ({t.batch_size})")
         _check(t.lr > 0 and 0 <= t.warmup < 1, "lr", "must be positive (and --warmup in [0, 1))")
         _check(self.workers >= 0, "workers", f"must be 0 (one per core) or more, not {self.workers}")
@@ -257,3 +264,99 @@ def preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return RunConfig(preset=name).updated(PRESETS[name])
+
+
+# --- final training: a config of its own, so adding it renamed no run folder ------------------------------------------
+
+SCHEDULES = ("step", "cosine", "onecycle")
+STEP_MILESTONES = (0.3, 0.6, 0.8)  # fractions of the epochs: 60/120/160 of 200, the WRN paper's steps
+
+
+@dataclass(frozen=True)
+class FinalConfig:
+    """The full training of found, random and dense networks (their final accuracy). The defaults are the WRN paper's
+    recipe; ``masks`` and ``seeds`` say how many networks to train, not what each computes, so they stay out of the
+    hash of the results folder (``final_<hash>``)."""
+
+    epochs: int = _f(200, "epochs of full training over the training split")
+    batch_size: int = _f(128, "minibatch size of full training (a last partial batch is dropped each epoch)")
+    lr: float = _f(0.1, "peak learning rate of full training")
+    schedule: str = _f(
+        "step", "step: x gamma at 30/60/80% of the epochs; cosine; onecycle: linear up, linear down", choices=SCHEDULES
+    )
+    gamma: float = _f(0.2, "step schedule: learning-rate factor at each milestone")
+    warmup: float = _f(0.0, "fraction of the steps warming the learning rate up linearly")
+    momentum: float = _f(0.9, "SGD momentum (Nesterov)")
+    weight_decay: float = _f(5e-4, "L2 weight decay of full training")
+    label_smoothing: float = _f(0.0, "label smoothing of full training")
+    eval_batch_size: int = _f(500, "batch size when measuring validation and test accuracy")
+    masks: int = _f(0, "found masks (and as many random) fully trained per run, K; 0 = the run's --keep", hash=False)
+    seeds: int = _f(2, "training seeds per network (they vary the data order; masks and weights stay)", hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FinalConfig:
+        return _build(cls, d, ".final")
+
+    def updated(self, changes: dict[str, Any]) -> FinalConfig:
+        """A copy with ``{"epochs": 2, ...}`` replaced; ConfigError for an unknown name."""
+        try:
+            return FinalConfig.from_dict(self.to_dict() | changes)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def hashed_items(self) -> dict[str, Any]:
+        default = FinalConfig().to_dict()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.metadata["hash"] and getattr(self, f.name) != default[f.name]
+        }
+
+    def final_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.hashed_items(), sort_keys=True).encode()).hexdigest()[:10]
+
+    def validate(self) -> FinalConfig:
+        """Raise ConfigError naming the first bad setting; return self."""
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        _check(self.epochs >= 1, "epochs", f"must be at least 1, not {self.epochs}")
+        _check(self.batch_size >= 1, "final-batch-size", f"must be at least 1, not {self.batch_size}")
+        _check(self.lr > 0, "final-lr", f"must be positive, not {self.lr}")
+        _check(0 <= self.warmup < 1, "final-warmup", f"must be in [0, 1), not {self.warmup}")
+        _check(0 < self.gamma <= 1, "gamma", f"must be in (0, 1], not {self.gamma}")
+        _check(self.weight_decay >= 0, "final-weight-decay", f"must be 0 or more, not {self.weight_decay}")
+        _check(0 <= self.label_smoothing < 1, "final-label-smoothing", f"must be in [0, 1), not {self.label_smoothing}")
+        _check(self.eval_batch_size >= 1, "eval-batch-size", f"must be at least 1, not {self.eval_batch_size}")
+        _check(self.masks >= 0, "final-masks", f"must be 0 (the run's --keep) or more, not {self.masks}")
+        _check(self.seeds >= 1, "final-seeds", f"must be at least 1, not {self.seeds}")
+        return self
+
+
+def final_field_help(name: str) -> str:
+    return next(f.metadata["help"] for f in fields(FinalConfig) if f.name == name)
+
+
+# The full-training recipe of each preset, each choice with its reason.
+FINAL_PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds: two epochs over the 1,024 synthetic images, at the brief training's batch size and peak lr.
+    "smoke": {"epochs": 2, "batch_size": 32, "lr": 0.2, "schedule": "onecycle", "warmup": 0.25},
+    # A few epochs of real CIFAR-10 on a 2-core CPU: the brief training's one-cycle schedule, stretched.
+    "cpu": {"epochs": 4, "batch_size": 64, "lr": 0.2, "schedule": "onecycle", "warmup": 0.15},
+    # The WRN paper's 200 epochs: SGD + Nesterov, lr 0.1 x 0.2 at 60/120/160, wd 5e-4, batch 128 (the defaults).
+    "paper": {},
+}
+
+
+def final_preset(name: str) -> FinalConfig:
+    """The full-training recipe of the named preset; ConfigError for an unknown name."""
+    if name not in FINAL_PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(FINAL_PRESETS)}")
+    return FinalConfig().updated(FINAL_PRESETS[name])
+
+
+def train_split_size(cfg: RunConfig) -> int:
+    """Images in the training split (45,000 for CIFAR-10 with the default validation split)."""
+    return cfg.data.synthetic_train if cfg.data.dataset == "synthetic" else 50_000 - cfg.data.val_size

@@ -15,3 +15,7 @@ class ConfigError(EvoSparseError):
 
 class RunStateError(EvoSparseError):
     """A run folder's files disagree with the command, or are damaged."""
+
+
+class FailedEvaluationsError(EvoSparseError):
+    """More fitness evaluations failed than the run allows (``--max-failed-share``)."""

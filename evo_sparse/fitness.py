@@ -4,21 +4,24 @@ One ``Evaluator`` per run holds the parent's initial weights (drawn once from th
 every individual trains on, and the validation images. An evaluation compacts the parent to the mask's kept
 channels (a physically smaller WRN with the very same initial weights) and trains that, which gives the same
 function as training the masked full-width network, at the cost of the sub-network. It knows no DEAP: records are
-plain dicts, and a training that diverges gives a failed record, not an exception.
+plain dicts, and an evaluation that fails (diverges, raises, runs out of memory twice) gives a failed record, not an
+exception (see ``Evaluator.evaluate_mask``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
 
 import torch
 
-from evo_sparse import models
+from evo_sparse import faults, models
 from evo_sparse.backends import CPU_THREADS
-from evo_sparse.config import RunConfig
+from evo_sparse.config import RunConfig, TrainConfig
 from evo_sparse.data import Splits
+from evo_sparse.errors import ConfigError, EvoSparseError
 from evo_sparse.masks import Layout, Mask, compact_state
 from evo_sparse.seeds import derive
 from evo_sparse.train import BatchStream, NonFiniteLoss, evaluate, train
@@ -27,10 +30,21 @@ OK, FAILED = "ok", "failed"
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
+    """``auto`` picks CUDA when present, else the CPU; ConfigError for a device this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}")
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    if device.type == "cuda" and not count:
+        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    return device
 
 
 def parent_state(cfg: RunConfig) -> dict[str, torch.Tensor]:
@@ -75,40 +89,84 @@ class Evaluator:
     def evaluate_mask(self, mask: Mask) -> dict[str, Any]:
         """Train the sub-network briefly and measure validation accuracy.
 
-        Returns ``{"status", "fitness", "val_loss", "train_loss", "train_images", "seconds", "sparsity", "params",
-        "macs", "reason"}``; ``fitness`` is None and ``reason`` says why when the status is failed.
+        Returns ``{"status", "fitness", "val_loss", "train_loss", "train_images", "batch_size", "seconds", "sparsity",
+        "params", "macs", "reason"}``. Failures are records, not exceptions: a NaN/inf loss or accuracy, or any
+        Exception while building, training or scoring the network, gives status "failed", fitness None and the
+        ``reason``. When the device runs out of memory the evaluation is tried once more at half the batch size (twice
+        the steps over the same images, which changes the fitness a little: ``batch_size`` records the size used).
+        KeyboardInterrupt and EvoSparseError (a setting or the data is wrong, so every evaluation would fail alike)
+        are raised, not recorded.
         """
         start = time.perf_counter()
         params, macs = models.cost(self.cfg.model.depth, self.cfg.model.width, mask.widths())
         record: dict[str, Any] = {"sparsity": mask.sparsity, "params": params, "macs": macs}
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(derive(self.cfg.seed, "train"))  # any stray randomness is common to all individuals
-            model = self.build(mask)
-            try:
-                result = train(model, self.stream, self.cfg.train)
-                acc, val_loss = evaluate(model, self.val_x, self.val_y, self.cfg.train.eval_batch_size)
-            except NonFiniteLoss as exc:
-                return record | _failed(str(exc), start, self.stream.images)
-        if not math.isfinite(val_loss):
-            return record | _failed(f"validation loss is {val_loss}", start, result.images)
+        fault = faults.fitness_fault(self.cfg.seed, mask.encode())  # None unless a test injects failures
+        full = batch_size = self.cfg.train.batch_size
+        try:
+            scored = self._attempt(mask, self.stream, self.cfg.train, fault)
+            if scored is None and full > 1:
+                batch_size = full // 2
+                scored = self._attempt(mask, *self._rebatched(batch_size), None if fault == "oom" else fault)
+            if scored is None:
+                reason = f"out of device memory at batch size {full}" + (f" and {batch_size}" if full > 1 else "")
+                return record | _failed(reason, start, 0, batch_size)
+            acc, val_loss, result = scored
+        except NonFiniteLoss as exc:
+            return record | _failed(str(exc), start, self.stream.images, batch_size)
+        except EvoSparseError:
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+            return record | _failed(reason, start, 0, batch_size)
+        if not (math.isfinite(acc) and math.isfinite(val_loss)):
+            return record | _failed(f"validation accuracy {acc}, loss {val_loss}", start, result.images, batch_size)
         return record | {
             "status": OK,
             "fitness": acc,
             "val_loss": val_loss,
             "train_loss": result.train_loss,
             "train_images": result.images,
+            "batch_size": batch_size,
             "seconds": time.perf_counter() - start,
             "reason": None,
         }
 
+    def _attempt(self, mask: Mask, stream: BatchStream, train_cfg: TrainConfig, fault: str | None):
+        """(accuracy, validation loss, TrainResult), or None when the device ran out of memory (then freed)."""
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(derive(self.cfg.seed, "train"))  # any stray randomness is common to all individuals
+                if fault == "fail":
+                    raise RuntimeError(f"injected failure ({faults.ENV})")
+                if fault == "oom":
+                    raise torch.cuda.OutOfMemoryError(f"injected: out of device memory ({faults.ENV})")
+                model = self.build(mask)
+                result = train(model, stream, train_cfg)
+                acc, val_loss = evaluate(model, self.val_x, self.val_y, train_cfg.eval_batch_size)
+            return (math.nan if fault == "nan" else acc), val_loss, result
+        except torch.cuda.OutOfMemoryError:
+            pass
+        if self.device.type == "cuda":  # outside the except block, so the failed attempt's tensors are released
+            torch.cuda.empty_cache()
+        return None
 
-def _failed(reason: str, start: float, images: int) -> dict[str, Any]:
+    def _rebatched(self, batch_size: int) -> tuple[BatchStream, TrainConfig]:
+        """The same images in the same order, in batches of ``batch_size``, with the config to train on them."""
+        x, y = self.stream.x.flatten(0, 1), self.stream.y.flatten(0, 1)
+        n = len(y) // batch_size * batch_size
+        stream = BatchStream(x[:n].view(-1, batch_size, *x.shape[1:]), y[:n].view(-1, batch_size))
+        t = self.cfg.train
+        return stream, dataclasses.replace(t, batch_size=batch_size, eval_batch_size=max(1, t.eval_batch_size // 2))
+
+
+def _failed(reason: str, start: float, images: int, batch_size: int) -> dict[str, Any]:
     return {
         "status": FAILED,
         "fitness": None,
         "val_loss": None,
         "train_loss": None,
         "train_images": images,
+        "batch_size": batch_size,
         "seconds": time.perf_counter() - start,
         "reason": reason,
     }

@@ -7,15 +7,18 @@ It holds (names spelled once, in ``RunPaths``):
 - ``environment.json``: which data, device and versions computed the results.
 - ``evaluations.jsonl``: one line per evaluation, written as each finishes (mask, fitness, status, seconds, ...).
 - ``checkpoint.json``: after every generation, the next generation's index, population, hall of fame, logbook and
-  every RNG state. Running the same command again resumes from it; evaluations of an unfinished generation that the
-  journal already holds are reused, not recomputed; a finished run is left as it is.
+  every RNG state (see ``checkpoint``). Running the same command again resumes from it; evaluations of an unfinished
+  generation that the journal already holds are reused, not recomputed; a finished run is left as it is.
+- ``lock``: an empty file that the process writing the folder holds a lock on (``storage.folder_lock``), so a second
+  process is refused; the kernel drops the lock when its holder dies, so a killed run never blocks its resumption.
+
+Every state file carries the schema version (``storage.SCHEMA_VERSION``; each journal row too) and is refused, with
+a message saying what differs, when it is of another version or another run.
 """
 
 from __future__ import annotations
 
-import base64
 import platform
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -25,16 +28,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from deap import creator, tools
 
-from evo_sparse import __version__, models
+from evo_sparse import __version__, checkpoint, models
 from evo_sparse.config import RunConfig
-from evo_sparse.errors import RunStateError
-from evo_sparse.masks import Layout, Mask
+from evo_sparse.errors import EvoSparseError, FailedEvaluationsError, RunStateError
+from evo_sparse.masks import ENCODING_PREFIX, Layout, Mask
 from evo_sparse.progress import Progress
-from evo_sparse.search import Hooks, SearchState, assign, evolve, make_toolbox
+from evo_sparse.search import Hooks, SearchState, evolve, make_toolbox
 from evo_sparse.seeds import seed_everything
-from evo_sparse.storage import SCHEMA_VERSION, append_jsonl, read_json, read_jsonl, write_json
+from evo_sparse.storage import (
+    SCHEMA_VERSION,
+    append_jsonl,
+    folder_lock,
+    read_json,
+    read_jsonl,
+    remove_temp_files,
+    write_json,
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,10 @@ class RunPaths:
     def checkpoint(self) -> Path:
         return self.root / "checkpoint.json"
 
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
+
 
 def run_folder(cfg: RunConfig) -> Path:
     return Path(cfg.runs_dir) / f"{cfg.search.algorithm}_{cfg.run_hash()}" / f"seed_{cfg.seed}"
@@ -68,100 +82,41 @@ def layout_of(cfg: RunConfig) -> Layout:
     return Layout.from_units(models.units(cfg.model.depth, cfg.model.width))
 
 
-# --- checkpoint: plain JSON, RNG states included ------------------------------------------------------------------
+# --- the config file and the journal -----------------------------------------------------------------------------
 
 
-def _rng_state() -> dict[str, Any]:
-    version, words, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": [version, list(words), gauss],
-        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
-    return state
+def write_config(paths: RunPaths, cfg: RunConfig) -> None:
+    write_json(paths.config, {"schema": SCHEMA_VERSION, **cfg.to_dict()})
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    version, words, gauss = state["python"]
-    random.setstate((version, tuple(words), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(_bytes_tensor(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([_bytes_tensor(s) for s in state["cuda"]])
-
-
-def _bytes_tensor(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
-
-
-def save_checkpoint(paths: RunPaths, state: SearchState, layout: Layout, evaluations: int) -> None:
-    """Write the state after a generation; ``evaluations`` is the journal's length at that point."""
-
-    def entry(ind) -> dict[str, Any]:
-        return {"mask": Mask(layout, tuple(ind)).encode(), "record": ind.record}
-
-    write_json(
-        paths.checkpoint,
-        {
-            "schema": SCHEMA_VERSION,
-            "next_generation": state.generation,
-            "evaluations": evaluations,
-            "population": [entry(ind) for ind in state.population],
-            "hall_of_fame": [entry(ind) for ind in state.hall_of_fame],
-            "logbook": list(state.logbook),
-            "rng": _rng_state(),
-        },
-    )
-
-
-def load_checkpoint(paths: RunPaths, layout: Layout, hof_size: int) -> tuple[SearchState, int]:
-    """The saved search state (RNG states restored) and the number of evaluations it covers."""
-    ckpt = read_json(paths.checkpoint, "checkpoint")
-    if ckpt.get("schema") != SCHEMA_VERSION:
-        raise RunStateError(
-            f"checkpoint {paths.checkpoint} has schema {ckpt.get('schema')}, this version reads "
-            f"{SCHEMA_VERSION}; run it with the version that wrote it, or use a new --runs-dir"
-        )
-
-    def individual(entry):
-        ind = creator.MaskIndividual(Mask.decode(layout, entry["mask"]).bits)
-        assign(ind, entry["record"])
-        return ind
-
-    state = SearchState(generation=ckpt["next_generation"], population=[individual(e) for e in ckpt["population"]])
-    state.hall_of_fame = tools.HallOfFame(hof_size)
-    for ind in map(individual, ckpt["hall_of_fame"]):  # stored best first; keys are kept in ascending order
-        state.hall_of_fame.items.append(ind)
-        state.hall_of_fame.keys.insert(0, ind.fitness)
-    for entry in ckpt["logbook"]:
-        state.logbook.record(**entry)
-    _set_rng_state(ckpt["rng"])
-    return state, ckpt["evaluations"]
-
-
-# --- executing a run ----------------------------------------------------------------------------------------------
+def read_config(path: Path) -> RunConfig:
+    """A run folder's config.json; RunStateError if it is damaged or of another schema version."""
+    saved = read_json(path, "run config")
+    if not isinstance(saved, dict):
+        raise RunStateError(f"run config {path} is damaged (not a JSON object); restore it or delete the run folder")
+    checkpoint.check_schema(saved.get("schema"), path, "run config")
+    try:
+        return RunConfig.from_dict({k: v for k, v in saved.items() if k != "schema"}).validate()
+    except (EvoSparseError, TypeError, ValueError) as exc:
+        raise RunStateError(f"run config {path} is damaged ({exc}); restore it or delete the run folder") from None
 
 
 def check_config(paths: RunPaths, cfg: RunConfig) -> bool:
-    """True if the folder already holds this config; RunStateError if it holds a different one."""
+    """True if the folder already holds this config; RunStateError saying what differs if it holds another one."""
     if not paths.config.exists():
         return False
-    saved = RunConfig.from_dict(read_json(paths.config, "run config"))
+    saved = read_config(paths.config)
     if saved.hashed_items() != cfg.hashed_items():
-        diff = sorted(set(saved.hashed_items().items()) ^ set(cfg.hashed_items().items()))
-        raise RunStateError(f"{paths.config} was written by other settings ({diff[:3]}); use another --runs-dir")
+        what = checkpoint.differences(saved.hashed_items(), cfg.hashed_items())
+        raise RunStateError(f"{paths.config} was written by other settings ({what}); use another --runs-dir")
     return True
 
 
-def is_finished(paths: RunPaths, cfg: RunConfig) -> bool:
-    return (
-        paths.checkpoint.exists()
-        and read_json(paths.checkpoint, "checkpoint")["next_generation"] >= cfg.search.generations
-    )
+def is_finished(paths: RunPaths, cfg: RunConfig, layout: Layout) -> bool:
+    """True when the folder's checkpoint (checked against ``cfg``) has done every generation."""
+    if not paths.checkpoint.exists():
+        return False
+    return checkpoint.read(paths.checkpoint, cfg, layout)["next_generation"] >= cfg.search.generations
 
 
 def load_splits(cfg: RunConfig, log: Callable[[str], None]):
@@ -177,41 +132,94 @@ def load_splits(cfg: RunConfig, log: Callable[[str], None]):
     return data.load_cifar10(cfg.data.path, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed, log=log)
 
 
+_ROW_META = ("schema", "gen", "index", "mask", "reused")  # journal row fields that are not the evaluation's record
+
+
 class Journal:
-    """The evaluations file: appends each finished evaluation, and hands back those a resumed generation already has.
+    """The evaluations file: one row per evaluation, appended as soon as the evaluation finishes.
 
     Rows after the checkpoint's count belong to the generation that was running when the run stopped; they are
-    reused when the same individual (same generation, position and mask) comes up again, and not written twice.
+    reused when the same individual (same generation, position and mask) comes up again, and never written twice.
+    With worker processes rows are written in the order evaluations finish, so a kill loses no finished evaluation.
     """
 
     def __init__(self, path: Path, layout: Layout, checkpointed: int):
-        self.path, self.layout = path, layout
+        self.path, self.layout, self.gen = path, layout, 0
         rows = read_jsonl(path)
+        prefix = f"{ENCODING_PREFIX}{layout.fingerprint()}:"
+        for n, row in enumerate(rows, start=1):
+            checkpoint.check_schema(row.get("schema"), path, f"line {n} of the journal")
+            if not (
+                isinstance(row.get("gen"), int)
+                and isinstance(row.get("index"), int)
+                and str(row.get("mask")).startswith(prefix)
+                and row.get("status") in checkpoint.STATUSES
+            ):
+                raise RunStateError(
+                    f"journal {path} line {n} is not an evaluation of this run's network; restore the journal "
+                    "or delete the run folder"
+                )
+        if len(rows) < checkpointed:
+            raise RunStateError(
+                f"journal {path} holds {len(rows)} evaluations but the checkpoint counts {checkpointed}: it was cut "
+                "short or replaced; restore it or delete the run folder"
+            )
         self.rows = len(rows)
+        self.failed = [row.get("reason") for row in rows if row["status"] != "ok"]
         self.pending = {(r["gen"], r["index"]): r for r in rows[checkpointed:]}
-        self.gen = 0
 
-    def wrap(self, inner_map: Callable) -> Callable:
-        """A ``toolbox.map`` that takes pending rows first and evaluates the rest with ``inner_map``, in order."""
+    def append(self, index: int, record: dict[str, Any]) -> dict[str, Any]:
+        row = {"schema": SCHEMA_VERSION, "gen": self.gen, "index": index} | record
+        append_jsonl(self.path, [row])
+        self.rows += 1
+        if row.get("status") != "ok":
+            self.failed.append(row.get("reason"))
+        return row
+
+    def wrap(self, inner_map: Callable, unordered: Callable | None = None) -> Callable:
+        """A ``toolbox.map`` that takes pending rows first, evaluates the rest with ``inner_map`` and journals each
+        result; it yields in input order. ``unordered(individuals)``, when given, yields ``(position, record)`` as
+        evaluations finish, so each is journaled at once."""
 
         def journaled_map(func, individuals):
             keys = [Mask(self.layout, tuple(ind)).encode() for ind in individuals]
-            reuse = {
-                i: row for i, k in enumerate(keys) if (row := self.pending.get((self.gen, i), {})).get("mask") == k
+            ready = {
+                i: dict(row, reused=True)
+                for i, k in enumerate(keys)
+                if (row := self.pending.get((self.gen, i), {})).get("mask") == k
             }
-            fresh = iter(inner_map(func, [ind for i, ind in enumerate(individuals) if i not in reuse]))
-            for i, key in enumerate(keys):
-                yield dict(reuse[i], journaled=True) if i in reuse else dict(next(fresh), mask=key)
+            todo = [i for i in range(len(keys)) if i not in ready]
+            subset = [individuals[i] for i in todo]
+            finished = unordered(subset) if unordered else enumerate(inner_map(func, subset))
+            nxt = 0
+            for j, record in finished:
+                ready[todo[j]] = self.append(todo[j], dict(record, mask=keys[todo[j]]))
+                while nxt in ready:
+                    yield ready.pop(nxt)
+                    nxt += 1
+            while nxt in ready:
+                yield ready.pop(nxt)
+                nxt += 1
 
         return journaled_map
 
-    def record(self, gen: int, index: int, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Append ``record`` unless it came from the journal; return (the record as individuals keep it, appended)."""
-        reused = record.pop("journaled", False)
-        if not reused:
-            append_jsonl(self.path, [{"gen": gen, "index": index} | record])
-            self.rows += 1
-        return {k: v for k, v in record.items() if k not in ("gen", "index", "mask")}, not reused
+    @staticmethod
+    def kept(row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """(the record as individuals keep it, whether it was reused from an earlier start) of a ``wrap`` result."""
+        return {k: v for k, v in row.items() if k not in _ROW_META}, bool(row.get("reused"))
+
+    def check_failures(self, limit: float) -> None:
+        """FailedEvaluationsError when more than the share ``limit`` of all evaluations so far failed."""
+        if self.rows and len(self.failed) / self.rows > limit:
+            raise FailedEvaluationsError(self.failure_summary(limit))
+
+    def failure_summary(self, limit: float) -> str:
+        share = len(self.failed) / self.rows
+        return (
+            f"{len(self.failed)} of {self.rows} evaluations failed ({share:.0%}), more than --max-failed-share "
+            f"{limit:g} (last reason: {self.failed[-1]}); every reason is in {self.path}. Fix the cause, or allow more "
+            "with --max-failed-share, and run the same command to resume"
+        )
 
 
 def execute(
@@ -225,69 +233,88 @@ def execute(
 
     ``customize(toolbox)`` may register other DEAP operators (``mate``, ``mutate``, ``select``, ``select_parents``)
     before the loop starts. The run folder does not know about them: give such runs their own ``runs_dir``.
+    Raises EvoSparseError subclasses (one line for the user) for bad settings, bad data, a run folder in use, damaged
+    or foreign state files, a folder that cannot be written, and too many failed evaluations; every file on disk is
+    left as it was, except that a torn last journal line and stray temp files from a crash are removed.
     """
     from evo_sparse.backends import ProcessMap, worker_count
     from evo_sparse.fitness import Evaluator, resolve_device
 
     cfg.validate()
     paths = RunPaths(run_folder(cfg))
-    known = check_config(paths, cfg)
-    if known and is_finished(paths, cfg):
+    layout = layout_of(cfg)
+    if check_config(paths, cfg) and is_finished(paths, cfg, layout):  # read-only: a finished run is not locked
         log(f"run already finished: {paths.root}")
         return paths.root
     device = resolve_device(cfg.device)
     splits = load_splits(cfg, log)  # also decodes and caches the data once, before any worker starts
     workers = worker_count(cfg, device.type)
-    where = f"{workers} worker processes" if workers else "this process"
-    log(
-        f"data: {splits.description}; device: {device} ({where}); "
-        f"WRN-{cfg.model.depth}-{cfg.model.width} at sparsity {cfg.search.sparsity}"
-    )
-    layout = layout_of(cfg)
-    if not known:
-        write_json(paths.config, cfg.to_dict())
-    write_json(paths.environment, environment(splits.description, device, workers))
+    with folder_lock(paths.lock):
+        remove_temp_files(paths.root)
+        known = check_config(paths, cfg)  # again: another process may have started or finished it meanwhile
+        ckpt = checkpoint.read(paths.checkpoint, cfg, layout) if paths.checkpoint.exists() else None
+        if ckpt and ckpt["next_generation"] >= cfg.search.generations:
+            log(f"run already finished: {paths.root}")
+            return paths.root
+        journal = Journal(paths.evaluations, layout, ckpt["evaluations"] if ckpt else 0)
+        journal.check_failures(cfg.search.max_failed_share)  # a run stopped for failures stays stopped until allowed
+        if not known:
+            write_config(paths, cfg)
+        write_json(paths.environment, environment(splits.description, device, workers))
+        where = f"{workers} worker processes" if workers else "this process"
+        log(
+            f"data: {splits.description}; device: {device} ({where}); "
+            f"WRN-{cfg.model.depth}-{cfg.model.width} at sparsity {cfg.search.sparsity}"
+        )
+        state = checkpoint.restore(ckpt, layout, cfg.search.survivors) if ckpt else SearchState()
+        if ckpt:
+            log(f"resuming at generation {state.generation + 1} of {cfg.search.generations}")
+        progress = Progress(cfg.search, enabled=show_progress)
 
-    seed_everything(cfg.seed)
-    state, done = SearchState(), 0
-    if paths.checkpoint.exists():
-        state, done = load_checkpoint(paths, layout, cfg.search.survivors)
-        log(f"resuming at generation {state.generation + 1} of {cfg.search.generations}")
-    journal = Journal(paths.evaluations, layout, done)
-    progress = Progress(cfg.search, enabled=show_progress)
+        def on_generation_start(gen, nevals):
+            journal.gen = gen
+            progress.start_generation(gen, nevals)
 
-    def on_generation_start(gen, nevals):
-        journal.gen = gen
-        progress.start_generation(gen, nevals)
+        def on_evaluated(gen, index, ind):
+            ind.record, reused = journal.kept(ind.record)
+            progress.evaluated(ind.record, reused=reused)
 
-    def on_evaluated(gen, index, ind):
-        ind.record, fresh = journal.record(gen, index, ind.record)
-        progress.evaluated(ind.record, reused=not fresh)
+        def on_generation_end(st):
+            checkpoint.save(paths.checkpoint, cfg, st, layout, evaluations=journal.rows)
+            progress.end_generation(st)
+            limit = cfg.search.max_failed_share
+            if st.generation < cfg.search.generations:
+                journal.check_failures(limit)  # after the checkpoint: the same command resumes from here
+            elif journal.rows and len(journal.failed) / journal.rows > limit:
+                log(f"warning: {journal.failure_summary(limit).split(' (last')[0]}; the run finished anyway")
 
-    def on_generation_end(st):
-        save_checkpoint(paths, st, layout, evaluations=journal.rows)
-        progress.end_generation(st)
-
-    pool = ProcessMap(cfg, workers) if workers else None
-    try:
-        evaluate = pool.evaluate if pool else Evaluator(cfg, splits, device)
-        del splits  # the workers hold their own copy
-        toolbox = make_toolbox(cfg.search, layout, evaluate)
-        if pool:
-            toolbox.register("map", pool)
-        if customize is not None:
-            customize(toolbox)
-        toolbox.register("map", journal.wrap(toolbox.map))  # the backend's map must keep input order
-        evolve(toolbox, cfg.search, state, Hooks(on_generation_start, on_evaluated, on_generation_end))
-    finally:
-        if pool:
-            pool.close()
+        pool = ProcessMap(cfg, workers) if workers else None
+        try:
+            evaluate = pool.evaluate if pool else Evaluator(cfg, splits, device)
+            del splits  # the workers hold their own copy
+            toolbox = make_toolbox(cfg.search, layout, evaluate)
+            if pool:
+                toolbox.register("map", pool)
+            if customize is not None:
+                customize(toolbox)
+            inner = toolbox.map  # the backend's map must keep input order
+            unordered = pool.unordered if pool and getattr(inner, "func", None) is pool else None
+            toolbox.register("map", journal.wrap(inner, unordered))
+            # Seed (or restore) every generator last, so that nothing built above can shift what the search draws.
+            seed_everything(cfg.seed)
+            if ckpt:
+                checkpoint.set_rng_state(ckpt["rng"])
+            evolve(toolbox, cfg.search, state, Hooks(on_generation_start, on_evaluated, on_generation_end))
+        finally:
+            if pool:
+                pool.close()
     return paths.root
 
 
 def environment(data_description: str, device: torch.device, workers: int) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
+        "schema": SCHEMA_VERSION,
         "data": data_description,
         "device": str(device),
         "gpu": gpu,
@@ -304,14 +331,14 @@ def environment(data_description: str, device: torch.device, workers: int) -> di
 
 
 def summarize(folder: str | Path) -> dict[str, Any]:
-    """The run's state as plain data: config, progress, best mask, logbook and final population."""
+    """The run's state as plain data: config, progress, best mask, logbook and final population. Reads, never writes."""
     paths = RunPaths(Path(folder))
     if not paths.config.exists():
         raise RunStateError(f"{folder} is not a run folder (no config.json); give the folder `evo-sparse run` printed")
-    cfg = RunConfig.from_dict(read_json(paths.config, "run config"))
+    cfg = read_config(paths.config)
     layout = layout_of(cfg)
-    journal = read_jsonl(paths.evaluations)
-    ckpt = read_json(paths.checkpoint, "checkpoint") if paths.checkpoint.exists() else None
+    journal = read_jsonl(paths.evaluations, repair=False)  # read-only: a torn last line is left for the run to cut
+    ckpt = checkpoint.read(paths.checkpoint, cfg, layout) if paths.checkpoint.exists() else None
     env = read_json(paths.environment, "environment") if paths.environment.exists() else {}
 
     def described(entry):

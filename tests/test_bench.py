@@ -14,8 +14,9 @@ from evo_sparse.runs import load_splits
 
 def test_benchmark_reports_every_path_ratio_and_agreement():
     cfg = bench_config(preset("smoke"), train_images=64, val_images=100)
-    result = run_benchmark(cfg, load_splits(cfg, print), sparsities=(0.0, 0.5), population=2, repeats=1,
-                           log=lambda _: None)
+    result = run_benchmark(
+        cfg, load_splits(cfg, print), sparsities=(0.0, 0.5), population=2, repeats=1, log=lambda _: None
+    )
     for s in (0.0, 0.5):
         assert result["ratios"][f"b_over_a@{s}"] > 0
         assert f"a@{s}" in result["seconds_per_individual"] and f"b@{s}" in result["seconds_per_individual"]
@@ -27,8 +28,24 @@ def test_benchmark_reports_every_path_ratio_and_agreement():
 
 
 def test_bench_command_prints_a_table_then_json():
-    result = CliRunner().invoke(cli, ["bench", "--preset", "smoke", "--sparsities", "0.5", "--pop", "2",
-                                      "--repeats", "1", "--train-images", "32", "--val-images", "50"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "--preset",
+            "smoke",
+            "--sparsities",
+            "0.5",
+            "--pop",
+            "2",
+            "--repeats",
+            "1",
+            "--train-images",
+            "32",
+            "--val-images",
+            "50",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("| sparsity |")

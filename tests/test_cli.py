@@ -12,6 +12,7 @@ from evo_sparse import models
 from evo_sparse.cli import RUN_OPTIONS, cli
 from evo_sparse.config import RunConfig, flat_items, preset
 from evo_sparse.masks import Layout, Mask
+from evo_sparse.runs import read_config
 
 SMOKE = ["run", "--preset", "smoke", "--generations", "3", "--pop", "6", "--keep", "3", "--sparsity", "0.5", "--quiet"]
 
@@ -31,7 +32,8 @@ def files(folder: Path) -> dict[str, bytes]:
 
 
 def results(folder: Path) -> dict:
-    """What a run computed: settings, journal and checkpoint, without wall-clock seconds or paths."""
+    """What a run computed: settings, journal (in (gen, index) order: worker processes journal evaluations as they
+    finish) and checkpoint, without wall-clock seconds or paths."""
 
     def timeless(obj):
         if isinstance(obj, dict):
@@ -39,7 +41,8 @@ def results(folder: Path) -> dict:
         return [timeless(v) for v in obj] if isinstance(obj, list) else obj
 
     journal = [json.loads(line) for line in (folder / "evaluations.jsonl").read_text().splitlines()]
-    config = RunConfig.from_dict(json.loads((folder / "config.json").read_text())).hashed_items()
+    journal.sort(key=lambda row: (row["gen"], row["index"]))
+    config = read_config(folder / "config.json").hashed_items()
     return timeless(
         {"config": config, "journal": journal, "checkpoint": json.loads((folder / "checkpoint.json").read_text())}
     )
@@ -94,7 +97,9 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, smoke_run):
     one = run_smoke(tmp_path / "one", "--generations", "1")
     rows = (folder / "evaluations.jsonl").read_text().splitlines(keepends=True)
     (folder / "evaluations.jsonl").write_text("".join(rows[:7]) + rows[7][:20])  # torn 8th row
-    (folder / "checkpoint.json").write_bytes((one / "checkpoint.json").read_bytes())
+    ckpt = json.loads((one / "checkpoint.json").read_text())
+    ckpt["settings"] = json.loads((folder / "checkpoint.json").read_text())["settings"]  # generations 3, not 1
+    (folder / "checkpoint.json").write_text(json.dumps(ckpt))
     assert run_smoke(tmp_path) == folder
     assert results(folder) == results(smoke_run)
 
@@ -117,7 +122,7 @@ def test_every_run_option_maps_to_a_config_field():
 
 def test_options_override_the_preset(tmp_path):
     folder = run_smoke(tmp_path, "--width", "2", "--train-images", "256")
-    saved = RunConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    saved = read_config(folder / "config.json")
     assert saved.model.width == 2 and saved.train.train_images == 256
     assert saved.search.generations == 3 and saved.data.dataset == preset("smoke").data.dataset
 

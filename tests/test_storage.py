@@ -1,5 +1,6 @@
-"""On-disk state: atomic JSON writes and the append-only journal with its torn-tail recovery."""
+"""On-disk state: atomic JSON writes, the append-only journal with its torn-tail recovery, and the folder lock."""
 
+import errno
 import json
 import math
 import os
@@ -8,7 +9,7 @@ import pytest
 
 from evo_sparse import storage
 from evo_sparse.errors import RunStateError
-from evo_sparse.storage import append_jsonl, read_json, read_jsonl, write_json
+from evo_sparse.storage import append_jsonl, folder_lock, read_json, read_jsonl, remove_temp_files, write_json
 
 
 def leftovers(folder):
@@ -35,7 +36,7 @@ def test_write_json_failure_at_replace_leaves_the_old_file(tmp_path, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr(storage.os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RunStateError, match=r"cannot write .*state\.json \(disk full\)"):
         write_json(path, {"generation": 2})
     assert path.read_bytes() == old
     assert leftovers(tmp_path) == []
@@ -58,7 +59,7 @@ def test_write_json_failure_while_writing_leaves_the_old_file(tmp_path, monkeypa
 
 def test_write_json_first_write_failure_creates_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(storage.os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError("nope")))
-    with pytest.raises(OSError):
+    with pytest.raises(RunStateError, match="nope"):
         write_json(tmp_path / "new.json", {"a": 1})
     assert list(tmp_path.iterdir()) == []
 
@@ -170,3 +171,94 @@ def test_no_temp_files_after_many_writes(tmp_path):
         write_json(path, {"generation": i})
     assert read_json(path, "state") == {"generation": 19}
     assert os.listdir(tmp_path) == ["state.json"]
+
+
+# --- failures of the disk, and what a crash leaves --------------------------------------------------------------------
+
+
+def no_space(after: int = 0):
+    """An ``os.write`` that writes ``after`` bytes in all, then fails as a full disk does."""
+    left = [after]
+    real = os.write
+
+    def write(fd, data):
+        if left[0] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = real(fd, bytes(data[: left[0]]))
+        left[0] -= n
+        return n
+
+    return write
+
+
+def test_full_disk_while_writing_json_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+    write_json(path, {"generation": 1})
+    old = path.read_bytes()
+    monkeypatch.setattr(storage.os, "write", no_space(after=5))
+    with pytest.raises(RunStateError, match=r"cannot write .*state\.json \(No space left on device\); free some space"):
+        write_json(path, {"generation": 2, "big": list(range(1000))})
+    assert path.read_bytes() == old and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("after", (0, 7))  # nothing of the line written, or part of it
+def test_full_disk_while_appending_leaves_the_journal_as_it_was(tmp_path, monkeypatch, after):
+    path = tmp_path / "evaluations.jsonl"
+    append_jsonl(path, ROWS[:2])
+    before = path.read_bytes()
+    monkeypatch.setattr(storage.os, "write", no_space(after=after))
+    with pytest.raises(RunStateError, match="No space left on device"):
+        append_jsonl(path, ROWS[2:])
+    monkeypatch.undo()
+    assert path.read_bytes() == before  # a partial line is cut off again
+    assert read_jsonl(path) == ROWS[:2]
+
+
+def test_unwritable_place_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RunStateError, match="cannot write .*a-file/runs/state.json"):
+        write_json(blocker / "runs" / "state.json", {"a": 1})
+    with pytest.raises(RunStateError, match="cannot write"):
+        append_jsonl(blocker / "evaluations.jsonl", ROWS[:1])
+    with pytest.raises(RunStateError, match="cannot create run folder .*a-file/runs"):
+        with folder_lock(blocker / "runs" / "lock"):
+            pass
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_line_that_is_json_but_not_an_object_is_damage(tmp_path):
+    path = tmp_path / "evaluations.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n[1, 2]\n" + json.dumps(ROWS[1]) + "\n")
+    with pytest.raises(RunStateError, match="damaged at line 2"):
+        read_jsonl(path)
+
+
+def test_reading_without_repair_leaves_a_torn_tail(tmp_path):
+    path = tmp_path / "evaluations.jsonl"
+    append_jsonl(path, ROWS[:2])
+    with open(path, "ab") as f:
+        f.write(b'{"gen": 0, "ind')
+    before = path.read_bytes()
+    assert read_jsonl(path, repair=False) == ROWS[:2]
+    assert path.read_bytes() == before
+
+
+def test_temp_files_left_by_a_crash_are_removed(tmp_path):
+    write_json(tmp_path / "checkpoint.json", {"a": 1})
+    (tmp_path / ".checkpoint.json.abc123.tmp").write_text('{"half')
+    (tmp_path / "notes.tmp").write_text("not ours: no leading dot")
+    assert remove_temp_files(tmp_path) == [".checkpoint.json.abc123.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "notes.tmp"]
+
+
+def test_folder_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    lock = tmp_path / "run" / "lock"
+    with folder_lock(lock):
+        assert lock.exists() and lock.read_bytes() == b""
+        with pytest.raises(RunStateError, match=rf"run folder .*run is in use by pid {os.getpid()}; wait"):
+            with folder_lock(lock):  # a second open file: flock refuses it even within one process
+                pass
+    with folder_lock(lock):  # released when the block ends
+        pass
+    assert lock.read_bytes() == b""

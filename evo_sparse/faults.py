@@ -1,0 +1,75 @@
+"""Test-only fault injection, switched on by the ``EVO_SPARSE_FAULT`` environment variable (unset in normal use).
+
+The reliability tests use it to crash a run at the moments a random kill rarely hits, and to make evaluations fail.
+The value is a comma-separated list of:
+
+- ``kill-before-replace=NAME`` or ``NAME@N``: SIGKILL this process at the N-th (default first) atomic write of the
+  file ``NAME`` (e.g. ``checkpoint.json``) in this process, after its temp file is written and fsync'd and before
+  ``os.replace``.
+- ``kill-mid-journal=N``: SIGKILL this process at the N-th journal line it appends, after half the line is written
+  and fsync'd (a torn last line).
+- ``fail=P``, ``nan=P``, ``oom=P``: the evaluation of a seeded share P of masks raises an error, gives a NaN
+  accuracy, or runs out of device memory at the full batch size (so the retry at half the batch succeeds). The
+  decision is a pure function of (run seed, mask) (``fitness_fault``), the same in every process, so worker
+  processes, which inherit the environment, fail the very same masks and tests know which ones to expect.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from evo_sparse.seeds import derive
+
+ENV = "EVO_SPARSE_FAULT"
+FITNESS_FAULTS = ("fail", "nan", "oom")
+
+_counts: dict[str, int] = {}  # per process: how many times each kill point was passed
+
+
+def spec() -> dict[str, str]:
+    """The parsed ``EVO_SPARSE_FAULT`` value: ``{"fail": "0.2", "kill-mid-journal": "3", ...}``."""
+    items = (item.strip() for item in os.environ.get(ENV, "").split(","))
+    return {key: value for key, _, value in (item.partition("=") for item in items if item)}
+
+
+def _passed(point: str, target: int) -> bool:
+    _counts[point] = _counts.get(point, 0) + 1
+    return _counts[point] == target
+
+
+def before_replace(name: str) -> None:
+    """Called by the atomic write of the file ``name`` between its fsync'd temp file and ``os.replace``."""
+    wanted = spec().get("kill-before-replace")
+    if wanted:
+        target, _, nth = wanted.partition("@")
+        if target == name and _passed(f"replace:{name}", int(nth or 1)):
+            kill()
+
+
+def tear_journal_line() -> bool:
+    """True when the journal line about to be written is the one to tear: write half of it, then call ``kill``."""
+    nth = spec().get("kill-mid-journal")
+    return bool(nth) and _passed("journal", int(nth))
+
+
+def kill() -> None:
+    """SIGKILL this process (no cleanup, no exit handlers: what a power cut or the OOM killer does)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fitness_fault(seed: int, mask_text: str) -> str | None:
+    """``"fail"``, ``"nan"``, ``"oom"`` or None for the mask ``mask_text`` of a run with ``seed``.
+
+    The shares of the three kinds are disjoint slices of one uniform draw, so ``fail=0.2`` fails about 20% of masks.
+    """
+    found = spec()
+    shares = [(kind, float(found[kind])) for kind in FITNESS_FAULTS if kind in found]
+    if not shares:
+        return None
+    u = derive(seed, f"fault:{mask_text}") / 2**63
+    for kind, share in shares:
+        if u < share:
+            return kind
+        u -= share
+    return None

@@ -1,0 +1,430 @@
+"""The reliability harness that tests/test_reliability.py and scripts/reliability_report.py share.
+
+- ``kill_campaign``: runs ``evo-sparse run --preset smoke ...`` as a subprocess, kills it (SIGKILL at a seeded random
+  moment, SIGKILL from inside a write through the ``EVO_SPARSE_FAULT`` hooks, or Ctrl-C), starts the same command
+  again until the run finishes, and compares the result with an uninterrupted run of the same command.
+- ``injected_failures``: a run whose evaluations fail at a seeded rate, checked record by record.
+(The bad inputs are in tests/bad_inputs.py.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from unittest import mock
+
+from click.testing import CliRunner
+
+from evo_sparse import faults
+from evo_sparse.cli import build_config, cli
+from evo_sparse.runs import read_config, run_folder
+
+EXIT_INTERRUPTED = 130  # the CLI's exit code after Ctrl-C
+
+
+# --- running the command ----------------------------------------------------------------------------------------------
+
+
+def arguments(options: dict) -> list[str]:
+    """``run --preset smoke --quiet`` plus ``--name value`` for each option (``runs_dir`` -> ``--runs-dir``)."""
+    args = ["run", "--preset", "smoke", "--quiet"]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def config_of(options: dict):
+    return build_config("smoke", {k: str(v) if k == "runs_dir" else v for k, v in options.items()})
+
+
+def folder_of(options: dict) -> Path:
+    return run_folder(config_of(options))
+
+
+def command() -> list[str]:
+    """The installed ``evo-sparse`` script beside this Python, else the same entry point through ``python -c``."""
+    script = Path(sys.executable).with_name("evo-sparse")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from evo_sparse.cli import main; main()"]
+
+
+def environment(fault: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != faults.ENV}
+    if fault:
+        env[faults.ENV] = fault
+    return env
+
+
+def run_in_process(options: dict, env: dict[str, str] | None = None):
+    """The same command through click's runner in this process (no interpreter start-up)."""
+    with mock.patch.dict(os.environ, env or {}, clear=False):
+        if env is None:
+            os.environ.pop(faults.ENV, None)
+        return CliRunner().invoke(cli, arguments(options))
+
+
+# --- what a run computed ----------------------------------------------------------------------------------------------
+
+
+def journal_lines(folder: Path) -> list[bytes]:
+    """The journal's complete lines (a torn last line is not one)."""
+    path = folder / "evaluations.jsonl"
+    data = path.read_bytes() if path.exists() else b""
+    return data.split(b"\n")[:-1]
+
+
+def results(folder: Path) -> dict:
+    """Settings, journal rows in (gen, index) order and checkpoint, without wall-clock ``seconds``."""
+
+    def timeless(obj):
+        if isinstance(obj, dict):
+            return {k: timeless(v) for k, v in obj.items() if k != "seconds"}
+        return [timeless(v) for v in obj] if isinstance(obj, list) else obj
+
+    journal = sorted((json.loads(line) for line in journal_lines(folder)), key=lambda r: (r["gen"], r["index"]))
+    return timeless(
+        {
+            "config": read_config(folder / "config.json").hashed_items(),
+            "journal": journal,
+            "checkpoint": json.loads((folder / "checkpoint.json").read_text()),
+        }
+    )
+
+
+def state_files(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` by relative path, with its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --- processes --------------------------------------------------------------------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def survivors(pids: list[int], wait_s: float = 10.0) -> list[int]:
+    """The processes of ``pids`` still running after up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@dataclass
+class Cycle:
+    """One start of the command: how it ended and what it left."""
+
+    how: str  # "finished", "SIGKILL after 2.31 s", "fault kill-mid-journal=2", "Ctrl-C"
+    returncode: int
+    rows_before: int
+    rows_after: int
+    stderr: str
+    pid: int
+    children: int  # processes below it when it was stopped
+    orphans: list[int]  # of those, the ones still running 10 s later
+    journal: bytes  # the journal's complete lines when this start ended
+    torn: bool  # the journal ended in a partial line
+    files: list[str]  # names in the run folder when this start ended
+    probe: str | None = None  # what a second run of the same command said while this one ran
+
+    @property
+    def leftovers(self) -> list[str]:
+        return [name for name in self.files if name.startswith(".") and name.endswith(".tmp")]
+
+    @property
+    def killed(self) -> bool:
+        return self.returncode == -signal.SIGKILL
+
+    @property
+    def finished(self) -> bool:
+        return self.returncode == 0
+
+
+def cycle(
+    options: dict,
+    *,
+    delay: float | None = None,
+    fault: str | None = None,
+    after_rows: int | None = None,
+    interrupt: bool = False,
+    probe: bool = False,
+    timeout: float = 300.0,
+) -> Cycle:
+    """Start the command once; stop it ``delay`` seconds after its start, or after it has journaled ``after_rows``
+    more rows (and ``delay`` seconds more, when both are given), with SIGKILL (or Ctrl-C: SIGINT to its process
+    group, as a terminal sends it); with ``fault``, let the
+    ``EVO_SPARSE_FAULT`` hook kill it; with none of these, let it finish. ``probe`` runs the same command a second
+    time while the first one is computing and records what it said."""
+    folder = folder_of(options)
+    before = len(journal_lines(folder))
+    proc = subprocess.Popen(
+        command() + arguments(options),
+        env=environment(fault),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: a Ctrl-C for it alone
+    )
+    said, kids, how = None, [], "finished" if fault is None else f"fault {fault}"
+    deadline = time.monotonic() + timeout
+    if after_rows is not None:
+        while len(journal_lines(folder)) < before + after_rows and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    if delay is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=delay)
+    if proc.poll() is None and (delay is not None or after_rows is not None):
+        if probe:
+            result = run_in_process(options)
+            said = f"exit {result.exit_code}: {result.stderr.strip()}"
+        kids = descendants(proc.pid)
+        if interrupt:
+            os.killpg(proc.pid, signal.SIGINT)
+            how = "Ctrl-C"
+        else:
+            proc.kill()
+            how = (
+                "SIGKILL"
+                + (f" {delay:.2f} s" if delay is not None else "")
+                + (f" after {after_rows} new journal row(s)" if after_rows is not None else " after its start")
+            )
+    try:
+        _, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return _ended(folder, how, proc.returncode, before, err.decode(), proc.pid, kids, said)
+
+
+def finish_in_process(options: dict) -> Cycle:
+    """Resume the run and finish it in this process (no interpreter start-up, ``--workers 1``: same results)."""
+    folder = folder_of(options)
+    before = len(journal_lines(folder))
+    result = run_in_process(dict(options, workers=1))
+    return _ended(folder, "finished in this process", result.exit_code, before, result.stderr, os.getpid(), [], None)
+
+
+def _ended(folder: Path, how: str, code: int, before: int, stderr: str, pid: int, kids: list[int], said) -> Cycle:
+    lines = journal_lines(folder)
+    path = folder / "evaluations.jsonl"
+    return Cycle(
+        how=how,
+        returncode=code,
+        rows_before=before,
+        rows_after=len(lines),
+        stderr=stderr,
+        pid=pid,
+        children=len(kids),
+        orphans=survivors(kids),
+        journal=b"".join(line + b"\n" for line in lines),
+        torn=path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n"),
+        files=sorted(p.name for p in folder.iterdir()) if folder.is_dir() else [],
+        probe=said,
+    )
+
+
+# --- the kill campaign ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunCheck:
+    """One run folder killed and resumed until it finished, compared with an uninterrupted run."""
+
+    seed: int
+    folder: Path
+    cycles: list[Cycle]
+    identical: bool
+    rows_per_slot: Counter  # journal rows per (gen, index): all 1
+    generations: list[int]  # logbook generations: 0..G-1
+    kept_prefixes: bool  # every journal line there was after a kill is still there, unchanged, in the end
+    temp_files: list[str]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def kills(self) -> int:
+        return sum(c.killed for c in self.cycles)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+SKIPPED = "generations duplicated or skipped"
+_baselines: dict[tuple, dict] = {}
+
+
+def baseline(options: dict, workdir: Path) -> dict:
+    """``results`` of the uninterrupted run of ``options`` (in this process; ``workers`` does not change results)."""
+    cfg = config_of(options)
+    key = (cfg.run_hash(), cfg.seed)
+    if key not in _baselines:
+        opts = dict(options, runs_dir=workdir / f"baseline-{len(_baselines)}", workers=1)
+        result = run_in_process(opts)
+        assert result.exit_code == 0, result.output
+        _baselines[key] = results(folder_of(opts))
+    return _baselines[key]
+
+
+def check_run(options: dict, cycles: list[Cycle], workdir: Path) -> RunCheck:
+    folder = folder_of(options)
+    final = (folder / "evaluations.jsonl").read_bytes()
+    slots = Counter((row["gen"], row["index"]) for row in map(json.loads, journal_lines(folder)))
+    got = results(folder)
+    generations = [entry["gen"] for entry in got["checkpoint"]["logbook"]]
+    check = RunCheck(
+        seed=options.get("seed", 0),
+        folder=folder,
+        cycles=cycles,
+        identical=got == baseline(options, workdir),
+        rows_per_slot=slots,
+        generations=generations,
+        kept_prefixes=all(final.startswith(c.journal) for c in cycles),
+        temp_files=[p.name for p in folder.glob(".*.tmp")],
+    )
+    expected_gens = list(range(config_of(options).search.generations))
+    for problem, bad in (
+        ("result differs from the uninterrupted run", not check.identical),
+        ("a (gen, index) has more than one journal row", any(n != 1 for n in slots.values())),
+        (SKIPPED, generations != expected_gens),
+        ("journal rows written before a kill were lost", not check.kept_prefixes),
+        ("temp files left in the run folder", bool(check.temp_files)),
+        ("worker processes outlived a killed run", any(c.orphans for c in cycles)),
+        ("a start neither finished nor died as intended", any(c.returncode not in (0, -9, 130) for c in cycles)),
+    ):
+        if bad:
+            check.problems.append(problem)
+    return check
+
+
+def kill_campaign(
+    workdir: Path,
+    options: dict,
+    *,
+    kills: int,
+    seed: int,
+    max_delay: float,
+    fault_points: tuple[str, ...] = (),
+    probe_lock: bool = False,
+    finish_here: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+) -> list[RunCheck]:
+    """Kill runs of ``options`` until ``kills`` random SIGKILLs and every fault point have hit, resuming each run with
+    the same command until it finishes; a run that finishes before the kills are done is followed by one with the next
+    seed. Random moments alternate: uniform in [0, ``max_delay``] s after the start (start-up included), and uniform
+    in [0, 3] s after the first new journal row (evaluations and checkpoint writes under way).
+    ``probe_lock``: the first kill waits for a journal row, checks that a second run is refused, then kills.
+    ``finish_here``: the last start of each run, the one not killed, runs in this process (saves a start-up)."""
+    rng = random.Random(seed)
+    checks: list[RunCheck] = []
+    points = list(fault_points)
+    random_kills, run_seed = 0, int(options.get("seed", 0))
+    while random_kills < kills or points:
+        opts = dict(options, seed=run_seed, runs_dir=workdir / f"runs-{run_seed}")
+        cycles: list[Cycle] = []
+        while not cycles or not cycles[-1].finished:
+            if points:
+                c = cycle(opts, fault=points.pop(0))
+            elif probe_lock and random_kills == 0:
+                c = cycle(opts, after_rows=1, probe=True)
+                random_kills += c.killed
+            elif random_kills < kills and random_kills % 2 == 0:
+                c = cycle(opts, delay=rng.uniform(0.0, max_delay))
+                random_kills += c.killed
+            elif random_kills < kills:
+                c = cycle(opts, after_rows=1, delay=rng.uniform(0.0, 3.0))
+                random_kills += c.killed
+            else:
+                c = finish_in_process(opts) if finish_here else cycle(opts)
+            log(f"  seed {run_seed}: {c.how}: exit {c.returncode}, journal {c.rows_before} -> {c.rows_after} rows")
+            cycles.append(c)
+            if len(cycles) > 3 * kills + 20:
+                raise RuntimeError(f"run never finished: {c.stderr[-500:]}")
+        checks.append(check_run(opts, cycles, workdir))
+        run_seed += 1
+    return checks
+
+
+# --- injected evaluation failures -------------------------------------------------------------------------------------
+
+
+@dataclass
+class FailureCheck:
+    rate: float
+    evaluations: int
+    injected: int  # evaluations the hook failed (raise or NaN)
+    recorded: int  # of those, recorded as failed with the hook's reason
+    wrongly_failed: int  # evaluations the hook left alone that failed anyway
+    oom_injected: int  # evaluations the hook made run out of memory at the full batch size
+    oom_retried: int  # of those, the ones that succeeded at half the batch
+    failed_in_best: int  # failed masks in the hall of fame
+    best_is_best_ok: bool  # the best is the best successful evaluation of the journal
+    exit_code: int
+
+
+def injected_failures(workdir: Path, rate: float, *, pop: int = 20, generations: int = 2) -> FailureCheck:
+    """A run (in this process) whose evaluations raise (rate/2) or give NaN (rate/2), and 10% of which run out of
+    memory once; checks every record against the hook's seeded decision."""
+    spec = f"fail={rate / 2},nan={rate / 2},oom=0.1"
+    options = {
+        "pop": pop,
+        "generations": generations,
+        "train_images": 32,
+        "workers": 1,
+        "max_failed_share": 1,
+        "runs_dir": workdir / f"failures-{rate}",
+    }
+    result = run_in_process(options, env={faults.ENV: spec})
+    folder = folder_of(options)
+    rows = [json.loads(line) for line in journal_lines(folder)]
+    with mock.patch.dict(os.environ, {faults.ENV: spec}):
+        kinds = [faults.fitness_fault(0, row["mask"]) for row in rows]
+    reasons = {"fail": "RuntimeError: injected failure", "nan": "validation accuracy nan"}
+    injected = [(row, kind) for row, kind in zip(rows, kinds) if kind in reasons]
+    ckpt = json.loads((folder / "checkpoint.json").read_text())
+    failed_masks = {row["mask"] for row in rows if row["status"] != "ok"}
+    best_ok = max((row["fitness"] for row in rows if row["status"] == "ok"), default=None)
+    hof = ckpt["hall_of_fame"]
+    return FailureCheck(
+        rate=rate,
+        evaluations=len(rows),
+        injected=len(injected),
+        recorded=sum(
+            row["status"] == "failed" and row["fitness"] is None and str(row["reason"]).startswith(reasons[kind])
+            for row, kind in injected
+        ),
+        wrongly_failed=sum(row["status"] != "ok" for row, kind in zip(rows, kinds) if kind not in reasons),
+        oom_injected=kinds.count("oom"),
+        oom_retried=sum(row["status"] == "ok" and row["batch_size"] == 16 for row, k in zip(rows, kinds) if k == "oom"),
+        failed_in_best=sum(entry["mask"] in failed_masks for entry in hof),
+        best_is_best_ok=bool(hof) and hof[0]["record"]["fitness"] == best_ok,
+        exit_code=result.exit_code,
+    )
