@@ -1,0 +1,273 @@
+"""Statistics of the paper experiment, from result rows (``final`` records, one per network and training seed).
+
+The unit of every test is a *mask*: its training seeds are averaged first, so that trainings of one mask are never
+counted as independent samples. Per sparsity: found vs random final test accuracy (mean ± std, two-sided Mann-Whitney
+U, Cliff's delta = the rank-biserial correlation), Kendall τ and Spearman ρ between early fitness and final accuracy
+with seeded percentile-bootstrap CIs, the noise ceiling (std of one mask's final accuracy across training seeds), and
+convergence (epochs to reach a target validation accuracy). GA vs Random Search: the best fitness within an equal
+budget of evaluations. Numbers that a sample too small (or constant) cannot give are None, with a note saying why.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+BOOTSTRAP = 2000  # resamples for the rank-correlation CIs
+TARGET_FRACTION = 0.95  # convergence target: this share of the mean final validation accuracy at that sparsity
+
+
+def _clean(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def summary(values: Sequence[float]) -> dict[str, Any]:
+    """``{"n", "mean", "std"}`` (std with ddof=1; None when n < 2)."""
+    v = np.asarray(values, dtype=float)
+    return {
+        "n": len(v),
+        "mean": _clean(v.mean()) if len(v) else None,
+        "std": _clean(v.std(ddof=1)) if len(v) > 1 else None,
+    }
+
+
+def two_groups(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Two-sided Mann-Whitney U of ``a`` vs ``b`` and Cliff's delta (P(a > b) - P(a < b)), with their summaries."""
+    out = {"a": summary(a), "b": summary(b), "u": None, "p_value": None, "cliffs_delta": None, "note": None}
+    if len(a) < 2 or len(b) < 2:
+        out["note"] = f"needs at least 2 masks per group, has {len(a)} and {len(b)}"
+        return out
+    u, p = stats.mannwhitneyu(a, b, alternative="two-sided")
+    diff = np.sign(np.subtract.outer(np.asarray(a, float), np.asarray(b, float)))
+    out |= {"u": float(u), "p_value": _clean(p), "cliffs_delta": float(diff.mean())}
+    if out["p_value"] is None:
+        out["note"] = "every value is equal: no test"
+    return out
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float], *, seed: int = 0, n_boot: int = BOOTSTRAP) -> dict:
+    """Kendall τ and Spearman ρ of paired ``x`` and ``y`` with 95% percentile-bootstrap CIs (resampling pairs)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    out: dict[str, Any] = {"n": len(x), "note": None}
+    for name in ("kendall_tau", "spearman_rho"):
+        out |= {name: None, f"{name}_p": None, f"{name}_ci": None}
+    if len(x) < 3:
+        out["note"] = f"needs at least 3 masks, has {len(x)}"
+        return out
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        out["note"] = "early or final accuracy is constant: no rank correlation"
+        return out
+    rng = np.random.default_rng(seed)
+    boot = _bootstrap(x, y, rng.integers(0, len(x), size=(n_boot, len(x))))
+    for name, fn in (("kendall_tau", stats.kendalltau), ("spearman_rho", stats.spearmanr)):
+        r = fn(x, y)
+        b = boot[name][np.isfinite(boot[name])]
+        ci = [float(np.percentile(b, 2.5)), float(np.percentile(b, 97.5))] if len(b) else None
+        out |= {name: _clean(r.statistic), f"{name}_p": _clean(r.pvalue), f"{name}_ci": ci}
+    return out
+
+
+def _bootstrap(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Kendall τ-b and Spearman ρ of every resample (rows of ``idx``), vectorised; NaN where one side is constant.
+
+    τ-b = Σ sign(dx)·sign(dy) / sqrt(Σ sign(dx)² · Σ sign(dy)²) over pairs; ρ = Pearson of the average ranks.
+    """
+    taus, rhos = [], []
+    step = max(1, 4_000_000 // len(x) ** 2)  # resamples per chunk: bounds the pair matrices' memory
+    for start in range(0, len(idx), step):
+        xs, ys = x[idx[start : start + step]], y[idx[start : start + step]]
+        sx = np.sign(xs[:, :, None] - xs[:, None, :])
+        sy = np.sign(ys[:, :, None] - ys[:, None, :])
+        rx, ry = stats.rankdata(xs, axis=1), stats.rankdata(ys, axis=1)
+        rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            taus.append((sx * sy).sum((1, 2)) / np.sqrt((sx * sx).sum((1, 2)) * (sy * sy).sum((1, 2))))
+            rhos.append((rx * ry).sum(1) / np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1)))
+    return {"kendall_tau": np.concatenate(taus), "spearman_rho": np.concatenate(rhos)}
+
+
+def mask_key(row: dict[str, Any]) -> tuple:
+    """What identifies a mask across its training seeds: (sparsity, seed, kind, index, the folder it came from)."""
+    return row["sparsity"], row["seed"], row["kind"], row["index"], str(row.get("source"))
+
+
+def masks_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per mask (``mask_key``): its rows' final accuracies averaged over training seeds."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r.get("status") == "ok" and r.get("final_test_acc") is not None:
+            groups[mask_key(r)].append(r)
+    out = []
+    for key, rs in sorted(groups.items()):
+        sparsity, seed, kind, index, _ = key
+        out.append(
+            {
+                "key": key,
+                "sparsity": sparsity,
+                "seed": seed,
+                "kind": kind,
+                "index": index,
+                "early_fitness": rs[0].get("early_fitness"),
+                "final_test_acc": float(np.mean([r["final_test_acc"] for r in rs])),
+                "test_accs": [r["final_test_acc"] for r in rs],
+                "val_curves": [r["val_acc"] for r in rs],
+            }
+        )
+    return out
+
+
+def epochs_to(curve: Sequence[float], target: float) -> int | None:
+    """First epoch (1-based) whose validation accuracy reaches ``target``; None if none does."""
+    return next((i + 1 for i, acc in enumerate(curve) if acc >= target), None)
+
+
+def convergence(found: list[dict], random: list[dict], *, fraction: float = TARGET_FRACTION) -> dict[str, Any]:
+    """Epochs to reach ``fraction`` x the mean final validation accuracy of both groups, found vs random.
+
+    A mask's epochs are the mean over its training seeds; a training that never reaches the target counts as
+    ``epochs + 1`` in the test (censored), and the share that reached it is reported.
+    """
+    finals = [c[-1] for m in found + random for c in m["val_curves"] if c]
+    if not finals:
+        return {"target": None, "note": "no validation curves"}
+    target = fraction * float(np.mean(finals))
+
+    def per_mask(masks):
+        values, reached = [], []
+        for m in masks:
+            hits = [epochs_to(c, target) for c in m["val_curves"]]
+            reached += [h is not None for h in hits]
+            values.append(float(np.mean([h if h is not None else len(c) + 1 for h, c in zip(hits, m["val_curves"])])))
+        return values, (float(np.mean(reached)) if reached else None)
+
+    f_epochs, f_share = per_mask(found)
+    r_epochs, r_share = per_mask(random)
+    test = two_groups(f_epochs, r_epochs)
+    return {
+        "target": target,
+        "fraction": fraction,
+        "found_epochs": test["a"],
+        "random_epochs": test["b"],
+        "found_reached": f_share,
+        "random_reached": r_share,
+        "p_value": test["p_value"],
+        "cliffs_delta": test["cliffs_delta"],
+        "note": test["note"],
+    }
+
+
+def noise_ceiling(masks: list[dict]) -> dict[str, Any]:
+    """Std of a mask's final test accuracy across its training seeds, averaged over masks trained at least twice."""
+    stds = [float(np.std(m["test_accs"], ddof=1)) for m in masks if len(m["test_accs"]) > 1]
+    if not stds:
+        return {"std": None, "masks": 0, "note": "no mask was trained under 2 or more seeds (--final-seeds)"}
+    return {"std": float(np.mean(stds)), "masks": len(stds), "note": None}
+
+
+def analyse(rows: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
+    """Every statistic of the study, per sparsity (``"dense"`` summarises the dense parent)."""
+    masks = masks_of(rows)
+    dense = [m for m in masks if m["kind"] == "dense"]
+    out: dict[str, Any] = {
+        "unit": "mask (final accuracy averaged over its training seeds)",
+        "dense": summary([m["final_test_acc"] for m in dense]) | {"noise_ceiling": noise_ceiling(dense)},
+        "sparsities": [],
+    }
+    for s in sorted({m["sparsity"] for m in masks if m["kind"] != "dense"}):
+        found = [m for m in masks if m["sparsity"] == s and m["kind"] == "found"]
+        random = [m for m in masks if m["sparsity"] == s and m["kind"] == "random"]
+        test = two_groups([m["final_test_acc"] for m in found], [m["final_test_acc"] for m in random])
+        paired = [m for m in found + random if m["early_fitness"] is not None]
+        corr = rank_correlation([m["early_fitness"] for m in paired], [m["final_test_acc"] for m in paired], seed=seed)
+        out["sparsities"].append(
+            {
+                "sparsity": s,
+                "found": test["a"],
+                "random": test["b"],
+                "found_minus_random": _diff(test["a"]["mean"], test["b"]["mean"]),
+                "mann_whitney_u": test["u"],
+                "p_value": test["p_value"],
+                "cliffs_delta": test["cliffs_delta"],
+                "note": test["note"],
+                "early_vs_final": corr,
+                "noise_ceiling": noise_ceiling(found + random),
+                "convergence": convergence(found, random),
+            }
+        )
+    return out
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def best_so_far(fitness: Sequence[float | None]) -> list[float | None]:
+    """Running maximum of a run's evaluations in order (failed ones, None, improve nothing)."""
+    out, best = [], None
+    for f in fitness:
+        if f is not None and (best is None or f > best):
+            best = f
+        out.append(best)
+    return out
+
+
+def curve_band(curves: list[list[float | None]]) -> dict[str, list[float | None]]:
+    """Mean and 95% t-interval across runs at every x (the band is None where fewer than 2 runs have a value; a run
+    shorter than the others counts where it has values)."""
+    mean, low, high = [], [], []
+    for column in itertools.zip_longest(*curves):
+        v = np.array([c for c in column if c is not None], float)
+        m = _clean(v.mean()) if len(v) else None
+        half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else None
+        mean.append(m)
+        low.append(None if half is None else _clean(m - half))
+        high.append(None if half is None else _clean(m + half))
+    return {"mean": mean, "low": low, "high": high}
+
+
+def compare_algorithms(finals: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """Each algorithm after the first against the first (the baseline): Mann-Whitney U on final best fitness."""
+    names = list(finals)
+    out = []
+    for name in names[1:]:
+        test = two_groups(finals[name], finals[names[0]])
+        out.append(
+            {
+                "algorithm": name,
+                "baseline": names[0],
+                "difference": _diff(test["a"]["mean"], test["b"]["mean"]),
+                "p_value": test["p_value"],
+                "cliffs_delta": test["cliffs_delta"],
+                "note": test["note"],
+            }
+        )
+    return out
+
+
+def format_analysis(a: dict[str, Any]) -> str:
+    """A few readable lines: per sparsity, found vs random and early-vs-final τ."""
+
+    def ms(s):
+        if s["mean"] is None:
+            return "-"
+        return f"{s['mean']:.4f} ± {s['std']:.4f}" if s["std"] is not None else f"{s['mean']:.4f}"
+
+    def num(x, fmt=".3f"):
+        return "-" if x is None else format(x, fmt)
+
+    d = a["dense"]
+    lines = [f"dense           test acc {ms(d)} (n={d['n']})"] if d["n"] else []
+    for s in a["sparsities"]:
+        c = s["early_vs_final"]
+        lines.append(
+            f"sparsity {s['sparsity']:<5}  found {ms(s['found'])} (n={s['found']['n']})  random {ms(s['random'])} "
+            f"(n={s['random']['n']})  p={num(s['p_value'])}  delta={num(s['cliffs_delta'], '+.2f')}  "
+            f"tau={num(c['kendall_tau'], '+.2f')}  noise std={num(s['noise_ceiling']['std'], '.4f')}"
+        )
+    return "\n".join(lines)

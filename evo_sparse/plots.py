@@ -1,0 +1,290 @@
+"""The paper's figures: pure functions from run, study and comparison folders to PNG + PDF files. They never train.
+
+Every figure is written as ``<name>.png``, ``<name>.pdf`` and ``<name>.json``; the JSON sidecar names the folders it
+was drawn from and holds the plotted numbers. Figures are drawn on matplotlib ``Figure`` objects (no pyplot state, no
+display needed); PDFs carry no creation date, so the same data gives the same files.
+
+- ``accuracy_vs_sparsity``: final test accuracy vs sparsity, dense / random / found, mean ± std over masks.
+- ``early_vs_final``: early fitness vs final test accuracy per mask, one panel per sparsity, Kendall τ in the title.
+- ``fitness_over_generations``: best and mean fitness per generation, per algorithm and sparsity (mean over seeds).
+- ``validation_curves``: validation accuracy per epoch of full training, found vs random (mean ± std).
+- ``cost_vs_accuracy``: parameters and FLOPs (multiply-accumulates) vs final test accuracy.
+- ``best_so_far``: GA vs Random Search, best fitness so far vs evaluations, mean with a 95% band (``compare``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from evo_sparse import analysis
+from evo_sparse.errors import EvoSparseError
+from evo_sparse.storage import read_json, write_json
+
+FIGURES = (
+    "accuracy_vs_sparsity",
+    "early_vs_final",
+    "fitness_over_generations",
+    "validation_curves",
+    "cost_vs_accuracy",
+    "best_so_far",
+)
+COLORS = {"found": "tab:red", "random": "tab:blue", "dense": "black", "weedout": "tab:blue", "ga": "tab:orange"}
+RESULTS, STUDY, COMPARISON, RECIPE = "results.json", "study.json", "comparison.json", "final.json"
+
+
+@dataclass
+class Material:
+    """What a set of folders holds: final-training rows, search runs (their summaries) and GA-vs-RS comparisons."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load(folders: list[str | Path]) -> Material:
+    """Read study, comparison, run and ``final_<hash>`` folders; EvoSparseError for a folder that is none of them."""
+    from evo_sparse import final, runs
+
+    m = Material()
+    for folder in map(Path, folders):
+        if (folder / RESULTS).exists():  # a study: paths inside are relative to its folder
+            rows = read_json(folder / RESULTS, "study results")
+            m.rows += [r | {"source": os.path.normpath(folder / r["source"])} for r in rows]
+            study = read_json(folder / STUDY, "study description")
+            m.runs += [runs.summarize(os.path.normpath(folder / r)) for r in study["runs"]]
+        elif (folder / COMPARISON).exists():
+            comparison = read_json(folder / COMPARISON, "comparison")
+            for r in comparison["runs"]:
+                r["run_dir"] = os.path.normpath(folder / r["run_dir"])
+            m.comparisons.append(comparison)
+            m.runs += [runs.summarize(r["run_dir"]) for r in comparison["runs"]]
+        elif (folder / RECIPE).exists():
+            m.rows += final.read_results(folder)
+        elif (folder / "checkpoint.json").exists():
+            m.runs.append(runs.summarize(folder))
+            m.rows += final.run_results(folder)
+        elif folder.name.startswith("seed_") and folder.parent.name.startswith("dense_"):
+            m.rows += [r for f in sorted(folder.glob("final_*")) for r in final.read_results(f)]
+        else:
+            raise EvoSparseError(
+                f"{folder} is not a study, comparison, run or final-training folder; give a folder that "
+                "`evo-sparse paper`, `compare`, `run` or `final` printed"
+            )
+    return m
+
+
+def draw_all(material: Material, out: str | Path) -> list[Path]:
+    """Every figure the material allows, into ``out``; the written PNG paths (EvoSparseError if none can be drawn)."""
+    out = Path(out)
+    ok = [r for r in material.rows if r.get("status") == "ok" and r.get("final_test_acc") is not None]
+    written = []
+    if ok:
+        written += [accuracy_vs_sparsity(ok, out), validation_curves(ok, out), cost_vs_accuracy(ok, out)]
+        if any(r.get("early_fitness") is not None and r["kind"] != "dense" for r in ok):
+            written.append(early_vs_final(ok, out))
+    if any(r["logbook"] for r in material.runs):
+        written.append(fitness_over_generations(material.runs, out))
+    for c in material.comparisons:
+        written.append(best_so_far(c, out))
+    if not written:
+        raise EvoSparseError("nothing to plot: no finished final training, search generation or comparison found")
+    return written
+
+
+def _save(fig: Figure, out: Path, name: str, sources: list[str], data: Any) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=150)
+    fig.savefig(out / f"{name}.pdf", metadata={"CreationDate": None})
+    write_json(out / f"{name}.json", {"figure": name, "sources": sorted(set(sources)), "data": data})
+    return out / f"{name}.png"
+
+
+def _sources(rows) -> list[str]:
+    return [str(r.get("source")) for r in rows]
+
+
+def accuracy_vs_sparsity(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Final test accuracy vs sparsity for dense, random and found networks (mean ± std over masks)."""
+    masks = analysis.masks_of(rows)
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.subplots()
+    data = {}
+    for kind in ("dense", "random", "found"):
+        by_s = defaultdict(list)
+        for m in masks:
+            if m["kind"] == kind:
+                by_s[m["sparsity"]].append(m["final_test_acc"])
+        if not by_s:
+            continue
+        xs = sorted(by_s)
+        mean = [float(np.mean(by_s[s])) for s in xs]
+        std = [float(np.std(by_s[s], ddof=1)) if len(by_s[s]) > 1 else 0.0 for s in xs]
+        n = [len(by_s[s]) for s in xs]
+        data[kind] = {"sparsity": xs, "mean": mean, "std": std, "n": n}
+        ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, color=COLORS[kind], label=kind)
+        if kind == "dense":
+            ax.axhline(mean[0], color=COLORS[kind], lw=0.8, ls=":")
+    ax.set(xlabel="node sparsity (fraction of channels removed)", ylabel="final test accuracy")
+    ax.set_title("Final accuracy vs sparsity (mean ± std over masks)", fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, out, "accuracy_vs_sparsity", _sources(rows), data)
+
+
+def early_vs_final(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Early fitness vs final test accuracy per mask, a panel per sparsity with Kendall τ."""
+    masks = [m for m in analysis.masks_of(rows) if m["kind"] != "dense" and m["early_fitness"] is not None]
+    levels = sorted({m["sparsity"] for m in masks})
+    fig = Figure(figsize=(3.4 * len(levels), 3.3))
+    axes = np.atleast_1d(fig.subplots(1, len(levels), squeeze=False)[0])
+    data = []
+    for ax, s in zip(axes, levels):
+        here = [m for m in masks if m["sparsity"] == s]
+        corr = analysis.rank_correlation([m["early_fitness"] for m in here], [m["final_test_acc"] for m in here])
+        for kind in ("random", "found"):
+            pts = [m for m in here if m["kind"] == kind]
+            ax.scatter(
+                [m["early_fitness"] for m in pts],
+                [m["final_test_acc"] for m in pts],
+                s=16,
+                color=COLORS[kind],
+                label=kind,
+                alpha=0.8,
+            )
+        tau = corr["kendall_tau"]
+        ax.set_title(f"sparsity {s:g}: τ = {'n/a' if tau is None else f'{tau:+.2f}'} (n={corr['n']})", fontsize=9)
+        ax.set(xlabel="early fitness (validation accuracy)", ylabel="final test accuracy")
+        data.append(
+            {
+                "sparsity": s,
+                "kendall_tau": tau,
+                "points": [
+                    {k: m[k] for k in ("kind", "seed", "index", "early_fitness", "final_test_acc")} for m in here
+                ],
+            }
+        )
+    axes[0].legend(fontsize=8)
+    return _save(fig, out, "early_vs_final", _sources(rows), data)
+
+
+def fitness_over_generations(summaries: list[dict[str, Any]], out: Path) -> Path:
+    """Best (solid) and population mean (faint) fitness per generation, averaged over the seeds of each setting
+    (algorithm, sparsity, population, generations); a run given twice counts once."""
+    groups = defaultdict(list)
+    for s in {s["run_dir"]: s for s in summaries if s["logbook"]}.values():
+        groups[(s["algorithm"], s["sparsity"], s.get("population_size"), s.get("generations"))].append(s)
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
+    data = []
+    styles = ["-", "-.", ":", (0, (5, 1))]
+    for i, ((alg, sparsity, pop, generations), runs) in enumerate(sorted(groups.items(), key=str)):
+        n = min(len(r["logbook"]) for r in runs)
+        best = [_mean([r["logbook"][g]["max"] for r in runs]) for g in range(n)]
+        avg = [_mean([r["logbook"][g]["avg"] for r in runs]) for g in range(n)]
+        gens = list(range(1, n + 1))
+        color = COLORS.get(alg, f"C{i}")
+        label = f"{alg} s={sparsity:g} P={pop} G={generations} (n={len(runs)})"
+        ax.plot(gens, best, color=color, ls=styles[i % len(styles)], marker="o", ms=3, label=f"{label} best")
+        ax.plot(gens, avg, color=color, ls=styles[i % len(styles)], alpha=0.45, label=f"{label} mean")
+        data.append(
+            {
+                "algorithm": alg,
+                "sparsity": sparsity,
+                "population": pop,
+                "generations": generations,
+                "runs": len(runs),
+                "best": best,
+                "mean": avg,
+            }
+        )
+    ax.set(xlabel="generation", ylabel="fitness (early validation accuracy)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Fitness over generations (mean over seeds; faint: population mean)", fontsize=9)
+    ax.legend(fontsize=6)
+    return _save(fig, out, "fitness_over_generations", [s["run_dir"] for s in summaries], data)
+
+
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def validation_curves(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Validation accuracy per epoch of full training, found vs random (and dense), mean ± std over trainings."""
+    levels = sorted({r["sparsity"] for r in rows if r["kind"] != "dense"}) or [0.0]
+    fig = Figure(figsize=(3.4 * len(levels), 3.3))
+    axes = fig.subplots(1, len(levels), squeeze=False)[0]
+    data = []
+    for ax, s in zip(axes, levels):
+        for kind in ("dense", "random", "found"):
+            curves = [r["val_acc"] for r in rows if r["kind"] == kind and (kind == "dense" or r["sparsity"] == s)]
+            if not curves:
+                continue
+            n = min(map(len, curves))
+            arr = np.array([c[:n] for c in curves], float)
+            mean, std = arr.mean(0), arr.std(0)
+            epochs = np.arange(1, n + 1)
+            ax.plot(epochs, mean, color=COLORS[kind], label=f"{kind} (n={len(curves)})")
+            ax.fill_between(epochs, mean - std, mean + std, color=COLORS[kind], alpha=0.15, lw=0)
+            data.append({"sparsity": s, "kind": kind, "n": len(curves), "mean": mean.tolist(), "std": std.tolist()})
+        ax.set(xlabel="epoch", ylabel="validation accuracy")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"sparsity {s:g}", fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(fig, out, "validation_curves", _sources(rows), data)
+
+
+def cost_vs_accuracy(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Parameters and FLOPs (multiply-accumulates per image) vs final test accuracy, one point per mask."""
+    cost = {analysis.mask_key(r): (r["params"], r["flops"]) for r in rows}
+    masks = analysis.masks_of(rows)
+    fig = Figure(figsize=(8, 3.4))
+    axes = fig.subplots(1, 2)
+    data = []
+    for ax, i, label in ((axes[0], 0, "parameters"), (axes[1], 1, "FLOPs (multiply-accumulates per image)")):
+        for kind in ("dense", "random", "found"):
+            pts = [m for m in masks if m["kind"] == kind]
+            if pts:
+                xs = [cost[m["key"]][i] for m in pts]
+                ax.scatter(xs, [m["final_test_acc"] for m in pts], s=16, color=COLORS[kind], label=kind, alpha=0.8)
+        ax.set_xscale("log")
+        ax.set(xlabel=label, ylabel="final test accuracy")
+    for m in masks:
+        params, flops = cost[m["key"]]
+        data.append(
+            {k: m[k] for k in ("sparsity", "seed", "kind", "index", "final_test_acc")}
+            | {"params": params, "flops": flops}
+        )
+    axes[0].legend(fontsize=8)
+    return _save(fig, out, "cost_vs_accuracy", _sources(rows), data)
+
+
+def best_so_far(comparison: dict[str, Any], out: Path) -> Path:
+    """Best fitness so far vs fitness evaluations, per algorithm: mean over runs with a 95% t-interval band."""
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.subplots()
+    for alg, band in comparison["bands"].items():
+        x = np.arange(1, len(band["mean"]) + 1)
+        mean = np.array([math.nan if v is None else v for v in band["mean"]], float)
+        low = np.array([math.nan if v is None else v for v in band["low"]], float)
+        high = np.array([math.nan if v is None else v for v in band["high"]], float)
+        n = sum(r["algorithm"] == alg for r in comparison["runs"])
+        ax.plot(x, mean, color=COLORS.get(alg), label=f"{alg} (n={n})")
+        ax.fill_between(x, low, high, color=COLORS.get(alg), alpha=0.2, lw=0)
+    ax.set(
+        xlabel=f"fitness evaluations ({comparison['train_images_per_eval']:,} training images each)",
+        ylabel="best fitness so far",
+    )
+    ax.set_title("GA vs Random Search at an equal budget (mean, 95% CI)", fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8)
+    return _save(fig, out, "best_so_far", [r["run_dir"] for r in comparison["runs"]], comparison["bands"])

@@ -1,0 +1,132 @@
+"""Figures are pure functions of folders: each is drawn from fabricated results, with its PNG, PDF and sidecar."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from scipy import stats
+
+from evo_sparse import plots
+from evo_sparse.cli import cli
+from evo_sparse.config import final_preset
+from evo_sparse.storage import write_json
+
+
+def fabricated_rows(source: str = "runs/weedout_x/seed_0") -> list[dict]:
+    rows = []
+    for seed in (0, 1):
+        rows += [fake("dense", 0, 0.0, seed, t, 0.30, 0.90, "runs/dense_x/seed_0") for t in (0, 1)]
+        for s, base in ((0.5, 0.85), (0.9, 0.70)):
+            for i in range(3):
+                for t in (0, 1):
+                    rows.append(fake("found", i, s, seed, t, 0.4 + 0.02 * i, base + 0.01 * i - 0.005 * t, source))
+                    rows.append(fake("random", i, s, seed, t, 0.3 + 0.02 * i, base - 0.01 * i + 0.005 * t, source))
+    return rows
+
+
+def fake(kind, index, sparsity, seed, train_seed, early, final, source):
+    keep = (1 - sparsity) ** 2
+    return {
+        "kind": kind,
+        "index": index,
+        "sparsity": sparsity,
+        "seed": seed,
+        "train_seed": train_seed,
+        "early_fitness": early,
+        "final_test_acc": final,
+        "val_acc": [final * f for f in (0.5, 0.8, 0.95, 1.0)],
+        "params": int(700_000 * keep) + index,
+        "flops": int(100e6 * keep),
+        "status": "ok",
+        "source": source,
+    }
+
+
+def summary(alg: str, seed: int) -> dict:
+    return {
+        "run_dir": f"runs/{alg}_x/seed_{seed}",
+        "population_size": 20,
+        "generations": 4,
+        "algorithm": alg,
+        "sparsity": 0.8,
+        "logbook": [{"gen": g, "max": 0.3 + 0.02 * g + 0.01 * seed, "avg": 0.2 + 0.02 * g} for g in range(4)],
+    }
+
+
+def comparison() -> dict:
+    runs = [{"algorithm": a, "seed": s, "run_dir": f"runs/{a}_x/seed_{s}"} for a in ("weedout", "ga") for s in (0, 1)]
+    bands = {
+        a: {"mean": [0.2, 0.3, 0.35], "low": [0.1, 0.25, 0.3], "high": [0.3, 0.35, 0.4]} for a in ("weedout", "ga")
+    }
+    return {"runs": runs, "bands": bands, "train_images_per_eval": 4096}
+
+
+def assert_drawn(out: Path, name: str, sources: list[str]) -> dict:
+    for ext in ("png", "pdf"):
+        assert (out / f"{name}.{ext}").stat().st_size > 1000, (name, ext)
+    assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    sidecar = json.loads((out / f"{name}.json").read_text())
+    assert sidecar["figure"] == name and sidecar["sources"] == sorted(set(sources))
+    return sidecar
+
+
+def test_every_figure_from_fabricated_results(tmp_path):
+    rows = fabricated_rows()
+    sources = ["runs/weedout_x/seed_0", "runs/dense_x/seed_0"]
+    assert plots.accuracy_vs_sparsity(rows, tmp_path) == tmp_path / "accuracy_vs_sparsity.png"
+    data = assert_drawn(tmp_path, "accuracy_vs_sparsity", sources)["data"]
+    assert data["found"]["sparsity"] == [0.5, 0.9] and data["found"]["n"] == [6, 6]  # masks, seeds averaged
+    assert data["dense"]["mean"] == [pytest.approx(0.9)]
+    plots.early_vs_final(rows, tmp_path)
+    data = assert_drawn(tmp_path, "early_vs_final", sources)["data"]
+    assert [d["sparsity"] for d in data] == [0.5, 0.9]
+    points = data[0]["points"]
+    tau = stats.kendalltau([p["early_fitness"] for p in points], [p["final_test_acc"] for p in points]).statistic
+    assert len(points) == 12 and data[0]["kendall_tau"] == pytest.approx(tau)
+    plots.validation_curves(rows, tmp_path)
+    assert len(assert_drawn(tmp_path, "validation_curves", sources)["data"]) == 6  # 2 sparsities x 3 kinds
+    plots.cost_vs_accuracy(rows, tmp_path)
+    assert len(assert_drawn(tmp_path, "cost_vs_accuracy", sources)["data"]) == 2 + 2 * 2 * 6
+    runs = [summary(a, s) for a in ("weedout", "ga") for s in (0, 1)]
+    plots.fitness_over_generations(runs, tmp_path)
+    data = assert_drawn(tmp_path, "fitness_over_generations", [r["run_dir"] for r in runs])["data"]
+    assert {d["algorithm"] for d in data} == {"weedout", "ga"}
+    assert data[0]["best"] == pytest.approx([0.305, 0.325, 0.345, 0.365])  # mean over the two seeds
+    c = comparison()
+    plots.best_so_far(c, tmp_path)
+    assert_drawn(tmp_path, "best_so_far", [r["run_dir"] for r in c["runs"]])
+
+
+def test_same_data_same_files(tmp_path):
+    rows = fabricated_rows()
+    plots.accuracy_vs_sparsity(rows, tmp_path / "a")
+    plots.accuracy_vs_sparsity(rows, tmp_path / "b")
+    for ext in ("png", "pdf", "json"):
+        name = f"accuracy_vs_sparsity.{ext}"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), ext
+
+
+def test_plot_command_draws_from_a_final_training_folder(tmp_path):
+    folder = tmp_path / "runs" / "weedout_x" / "seed_0" / "final_abc"
+    write_json(folder / "final.json", final_preset("smoke").to_dict())
+    for r in [r for r in fabricated_rows(str(folder.parent)) if r["seed"] == 0 and r["sparsity"] < 0.9]:
+        write_json(folder / f"{r['kind']}_{r['index']}_seed{r['train_seed']}_{r['seed']}_{r['sparsity']}.json", r)
+    result = CliRunner().invoke(cli, ["plot", str(folder), "--out", str(tmp_path / "plots")])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == str(tmp_path / "plots")
+    names = {Path(line).stem for line in lines[:-1]}
+    assert names == {"accuracy_vs_sparsity", "early_vs_final", "validation_curves", "cost_vs_accuracy"}
+    assert all((tmp_path / "plots" / f"{n}.pdf").exists() for n in names)
+
+
+def test_plot_refuses_a_folder_it_cannot_read(tmp_path):
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("evo-sparse: error:") and "not a study" in result.stderr
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "does not exist" in result.stderr
