@@ -11,7 +11,17 @@ import sys
 
 import click
 
-from evo_sparse.config import ALGORITHMS, CROSSOVERS, DATASETS, PRESETS, SAMPLINGS, RunConfig, field_help, preset
+from evo_sparse.config import (
+    ALGORITHMS,
+    BACKENDS,
+    CROSSOVERS,
+    DATASETS,
+    PRESETS,
+    SAMPLINGS,
+    RunConfig,
+    field_help,
+    preset,
+)
 from evo_sparse.errors import ConfigError, EvoSparseError
 
 # option name -> (config key, click type)
@@ -43,7 +53,11 @@ RUN_OPTIONS: dict[str, tuple[str, click.ParamType]] = {
     "seed": ("seed", click.INT),
     "device": ("device", click.STRING),
     "runs-dir": ("runs_dir", click.STRING),
+    "backend": ("backend", click.Choice(BACKENDS)),
     "workers": ("workers", click.INT),
+    "address": ("address", click.STRING),
+    "gpus-per-task": ("gpus_per_task", click.FLOAT),
+    "max-retries": ("max_retries", click.INT),
 }
 
 

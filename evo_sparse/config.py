@@ -19,6 +19,7 @@ ALGORITHMS = ("weedout", "ga")
 SAMPLINGS = ("layerwise", "global")
 CROSSOVERS = ("unit", "uniform")
 DATASETS = ("cifar10", "synthetic")
+BACKENDS = ("auto", "local", "process", "ray")
 
 
 def _f(default, help: str, *, hash: bool = True, choices: tuple[str, ...] | None = None):
@@ -94,7 +95,28 @@ class RunConfig:
     seed: int = _f(0, "seed of the parent initialization, data order and search; a folder level")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N", hash=False)
     runs_dir: str = _f("runs", "folder that holds the run folders", hash=False)
-    workers: int = _f(0, "CPU only: fitness worker processes (0 = one per core, 1 = this process)", hash=False)
+    backend: str = _f(
+        "auto",
+        "where evaluations run: local (this process), process (worker processes), ray (a Ray cluster); auto: process "
+        "on a multi-core CPU or several GPUs, else local",
+        hash=False,
+        choices=BACKENDS,
+    )
+    workers: int = _f(
+        0,
+        "process: worker processes (0 = one per core on the CPU, one per GPU on CUDA; auto: 1 = this process); "
+        "ray: evaluations in flight (0 = as many as the cluster runs at once)",
+        hash=False,
+    )
+    address: str | None = _f(
+        None,
+        "ray: a running cluster (host:port from ray start --head, or auto); default: $RAY_ADDRESS, else a local one",
+        hash=False,
+    )
+    gpus_per_task: float = _f(1.0, "ray: GPUs one evaluation reserves on a GPU cluster, in (0, 1]", hash=False)
+    max_retries: int = _f(
+        2, "process, ray: times an evaluation whose worker died (killed, node lost) is retried elsewhere", hash=False
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -162,6 +184,19 @@ class RunConfig:
         _check(t.train_images >= t.batch_size >= 1, "train-images", f"must be at least --batch-size ({t.batch_size})")
         _check(t.lr > 0 and 0 <= t.warmup < 1, "lr", "must be positive (and --warmup in [0, 1))")
         _check(self.workers >= 0, "workers", f"must be 0 (one per core) or more, not {self.workers}")
+        _check(
+            self.backend != "local" or self.workers <= 1,
+            "workers",
+            f"{self.workers} needs --backend process or ray (--backend local evaluates in this process)",
+        )
+        _check(self.backend == "ray" or not self.address, "address", "is for --backend ray; add --backend ray")
+        _check(
+            0 < self.gpus_per_task <= 1, "gpus-per-task", f"must be in (0, 1] (of one GPU), not {self.gpus_per_task}"
+        )
+        _check(
+            self.backend == "ray" or self.gpus_per_task == 1, "gpus-per-task", "is for --backend ray; add --backend ray"
+        )
+        _check(self.max_retries >= 0, "max-retries", f"must be 0 or more, not {self.max_retries}")
         _check(t.val_images >= 0 and t.eval_batch_size >= 1, "val-images", "must be 0 (all) or positive")
         _check(
             0 < self.data.val_size < 50_000 and self.data.val_size % 10 == 0,

@@ -12,6 +12,11 @@ The value is a comma-separated list of:
   accuracy, or runs out of device memory at the full batch size (so the retry at half the batch succeeds). The
   decision is a pure function of (run seed, mask) (``fitness_fault``), the same in every process, so worker
   processes, which inherit the environment, fail the very same masks and tests know which ones to expect.
+- ``crash=P`` or ``crash=P@N``: a worker process (``process`` or ``ray`` backend; never the run's own process)
+  SIGKILLs itself when it starts evaluating one of a seeded share P of masks, on that evaluation's first N (default
+  1) attempts: what the OOM killer or a lost machine does to a worker. The backend retries the evaluation elsewhere
+  (``--max-retries``); with N above that limit the evaluation ends as a failed record. Ray workers get the variable
+  from the backend (``crash_environment``), since they are not children of the run.
 """
 
 from __future__ import annotations
@@ -73,3 +78,24 @@ def fitness_fault(seed: int, mask_text: str) -> str | None:
             return kind
         u -= share
     return None
+
+
+def crash_worker(seed: int, mask_text: str, attempt: int) -> None:
+    """Called by a backend's worker process before attempt ``attempt`` (0 = first) of an evaluation: SIGKILL this
+    process when ``crash=P[@N]`` selects the mask (a pure function of run seed and mask) and ``attempt < N``."""
+    wanted = spec().get("crash")
+    if wanted:
+        share, _, attempts = wanted.partition("@")
+        if attempt < int(attempts or 1) and crash_draw(seed, mask_text) < float(share):
+            kill()
+
+
+def crash_draw(seed: int, mask_text: str) -> float:
+    """The uniform draw in [0, 1) of ``crash=P``: the mask's evaluations crash their worker when it is below P."""
+    return derive(seed, f"crash:{mask_text}") / 2**63
+
+
+def crash_environment() -> dict[str, str]:
+    """``{ENV: value}`` when ``EVO_SPARSE_FAULT`` is set here, else ``{}``: what a remote worker needs to see it."""
+    value = os.environ.get(ENV)
+    return {ENV: value} if value else {}

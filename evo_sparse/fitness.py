@@ -170,3 +170,12 @@ def _failed(reason: str, start: float, images: int, batch_size: int) -> dict[str
         "seconds": time.perf_counter() - start,
         "reason": reason,
     }
+
+
+def lost_record(cfg: RunConfig, genome, reason: str) -> dict[str, Any]:
+    """The failed record of an evaluation that never finished because its worker process died at every attempt
+    (``backends``): the same fields as ``Evaluator.evaluate_mask``'s, with ``reason``."""
+    mask = Mask(Layout.from_units(models.units(cfg.model.depth, cfg.model.width)), tuple(genome))
+    params, macs = models.cost(cfg.model.depth, cfg.model.width, mask.widths())
+    record = {"sparsity": mask.sparsity, "params": params, "macs": macs}
+    return record | _failed(reason, time.perf_counter(), 0, cfg.train.batch_size)

@@ -132,7 +132,9 @@ def load_splits(cfg: RunConfig, log: Callable[[str], None]):
     return data.load_cifar10(cfg.data.path, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed, log=log)
 
 
-_ROW_META = ("schema", "gen", "index", "mask", "reused")  # journal row fields that are not the evaluation's record
+# journal row fields that are not the evaluation's record: where it sits, and how it went (``retries``: times its
+# worker died and it was started again, see ``backends``), which must not make results differ between backends
+_ROW_META = ("schema", "gen", "index", "retries", "mask", "reused")
 
 
 class Journal:
@@ -169,7 +171,7 @@ class Journal:
         self.pending = {(r["gen"], r["index"]): r for r in rows[checkpointed:]}
 
     def append(self, index: int, record: dict[str, Any]) -> dict[str, Any]:
-        row = {"schema": SCHEMA_VERSION, "gen": self.gen, "index": index} | record
+        row = {"schema": SCHEMA_VERSION, "gen": self.gen, "index": index, "retries": 0} | record
         append_jsonl(self.path, [row])
         self.rows += 1
         if row.get("status") != "ok":
@@ -237,7 +239,7 @@ def execute(
     or foreign state files, a folder that cannot be written, and too many failed evaluations; every file on disk is
     left as it was, except that a torn last journal line and stray temp files from a crash are removed.
     """
-    from evo_sparse.backends import ProcessMap, worker_count
+    from evo_sparse import backends
     from evo_sparse.fitness import Evaluator, resolve_device
 
     cfg.validate()
@@ -246,9 +248,9 @@ def execute(
     if check_config(paths, cfg) and is_finished(paths, cfg, layout):  # read-only: a finished run is not locked
         log(f"run already finished: {paths.root}")
         return paths.root
-    device = resolve_device(cfg.device)
+    device = None if cfg.backend == "ray" else resolve_device(cfg.device)  # on Ray, the cluster's devices count
+    where = backends.plan(cfg, device)
     splits = load_splits(cfg, log)  # also decodes and caches the data once, before any worker starts
-    workers = worker_count(cfg, device.type)
     with folder_lock(paths.lock):
         remove_temp_files(paths.root)
         known = check_config(paths, cfg)  # again: another process may have started or finished it meanwhile
@@ -260,10 +262,9 @@ def execute(
         journal.check_failures(cfg.search.max_failed_share)  # a run stopped for failures stays stopped until allowed
         if not known:
             write_config(paths, cfg)
-        write_json(paths.environment, environment(splits.description, device, workers))
-        where = f"{workers} worker processes" if workers else "this process"
+        write_json(paths.environment, environment(splits.description, device, where))
         log(
-            f"data: {splits.description}; device: {device} ({where}); "
+            f"data: {splits.description}; device: {device or 'the Ray cluster'} ({where.describe()}); "
             f"WRN-{cfg.model.depth}-{cfg.model.width} at sparsity {cfg.search.sparsity}"
         )
         state = checkpoint.restore(ckpt, layout, cfg.search.survivors) if ckpt else SearchState()
@@ -288,7 +289,7 @@ def execute(
             elif journal.rows and len(journal.failed) / journal.rows > limit:
                 log(f"warning: {journal.failure_summary(limit).split(' (last')[0]}; the run finished anyway")
 
-        pool = ProcessMap(cfg, workers) if workers else None
+        pool = backends.start(where, cfg, splits, log)  # None: evaluate in this process
         try:
             evaluate = pool.evaluate if pool else Evaluator(cfg, splits, device)
             del splits  # the workers hold their own copy
@@ -311,14 +312,17 @@ def execute(
     return paths.root
 
 
-def environment(data_description: str, device: torch.device, workers: int) -> dict[str, Any]:
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+def environment(data_description: str, device: torch.device | None, where) -> dict[str, Any]:
+    """What computes the run: data, device (None: a Ray cluster's), backend (a ``backends.Plan``), versions."""
+    gpu = torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else None
     return {
         "schema": SCHEMA_VERSION,
         "data": data_description,
-        "device": str(device),
+        "device": str(device) if device is not None else "ray",
         "gpu": gpu,
-        "worker_processes": workers,
+        "backend": where.backend,
+        "worker_processes": where.workers,
+        "evaluations_run_in": where.describe(),
         "evo_sparse": __version__,
         "torch": torch.__version__,
         "python": sys.version.split()[0],
