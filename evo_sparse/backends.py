@@ -262,6 +262,23 @@ def _how_it_ended(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
+class _Map:
+    """What every worker backend shares: ``toolbox.map`` in input order over ``unordered``, built on ``_run``."""
+
+    def __call__(self, func: Callable, individuals: Iterable) -> Iterator[dict[str, Any]]:
+        """Evaluate ``individuals`` in order; ``func`` (the toolbox's evaluate) is ignored: workers hold their own."""
+        return in_order(self.unordered(individuals))
+
+    def unordered(self, individuals: Iterable) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Evaluate ``individuals``, yielding ``(position, record)`` as each evaluation finishes."""
+        return self._run(collections.deque((i, list(ind), 0) for i, ind in enumerate(individuals)))
+
+    def evaluate(self, genome) -> dict[str, Any]:
+        """The same evaluation, run by the backend (one at a time: use the map for a population)."""
+        ((_, record),) = list(self.unordered([genome]))
+        return record
+
+
 class _Worker:
     """One spawned worker process and the parent's end of its pipe."""
 
@@ -280,7 +297,7 @@ class _Worker:
         self.conn.close()
 
 
-class ProcessMap:
+class ProcessMap(_Map):
     """``toolbox.map`` over spawned worker processes, one evaluation at a time each, results in input order.
 
     ``devices`` gives each worker's device (default: ``workers`` CPU workers). A worker that dies mid-evaluation is
@@ -313,19 +330,6 @@ class ProcessMap:
     def pids(self) -> list[int]:
         """The worker processes' pids (tests kill them)."""
         return [w.process.pid for w in self._slots]
-
-    def __call__(self, func: Callable, individuals: Iterable) -> Iterator[dict[str, Any]]:
-        """Evaluate ``individuals`` in order; ``func`` (the toolbox's evaluate) is ignored: workers hold their own."""
-        return in_order(self.unordered(individuals))
-
-    def unordered(self, individuals: Iterable) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Evaluate ``individuals``, yielding ``(position, record)`` as each evaluation finishes."""
-        return self._run(collections.deque((i, list(ind), 0) for i, ind in enumerate(individuals)))
-
-    def evaluate(self, genome) -> dict[str, Any]:
-        """The same evaluation, run in a worker (one at a time: use the map for a population)."""
-        ((_, record),) = list(self.unordered([genome]))
-        return record
 
     def close(self) -> None:
         for w in self._slots:
@@ -397,7 +401,7 @@ def _ray_evaluate(cfg_dict: dict[str, Any], box: list, genome: list[int], attemp
     return _evaluate_in_worker(cfg_dict, device, genome, attempt, splits=lambda: ray.get(box[0]))
 
 
-class RayMap:
+class RayMap(_Map):
     """``toolbox.map`` over Ray tasks, results in input order.
 
     Connects to ``cfg.address`` (or ``$RAY_ADDRESS``), or starts a local cluster of this machine's cores, unless Ray
@@ -453,18 +457,6 @@ class RayMap:
         self._cfg_dict = cfg.to_dict()
         per_task = f"{options['num_gpus']:g} GPU per evaluation" if use_gpu else "CPU evaluations"
         log(f"ray: {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs in the cluster; {per_task}")
-
-    def __call__(self, func: Callable, individuals: Iterable) -> Iterator[dict[str, Any]]:
-        """Evaluate ``individuals`` in order; ``func`` (the toolbox's evaluate) is ignored: tasks build their own."""
-        return in_order(self.unordered(individuals))
-
-    def unordered(self, individuals: Iterable) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Evaluate ``individuals``, yielding ``(position, record)`` as each evaluation finishes."""
-        return self._run(collections.deque((i, list(ind), 0) for i, ind in enumerate(individuals)))
-
-    def evaluate(self, genome) -> dict[str, Any]:
-        ((_, record),) = list(self.unordered([genome]))
-        return record
 
     def close(self) -> None:
         if self.started and self.ray.is_initialized():

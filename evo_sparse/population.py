@@ -26,7 +26,7 @@ from evo_sparse.data import normalize
 from evo_sparse.errors import EvoSparseError
 from evo_sparse.masks import Mask, compact_state
 from evo_sparse.seeds import derive
-from evo_sparse.train import CHECK_EVERY, BatchStream, autocast, lr_at, prepare
+from evo_sparse.train import CHECK_EVERY, BatchStream, autocast, prepare, scheduled_batches
 
 _SHARED = "num_batches_tracked"  # the one state entry that is not per individual (every member counts the same steps)
 
@@ -196,11 +196,7 @@ def train_population(model: PopulationWRN, stream: BatchStream, cfg: TrainConfig
     reasons: list[str | None] = [None] * p
     model.train()
     start = time.perf_counter()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, cfg)
-        x = normalize(stream.x[step].to(device, non_blocking=True))
-        y = stream.y[step].to(device, non_blocking=True)
+    for step, x, y in scheduled_batches(stream, opt, cfg, device):
         with autocast(device):
             losses = member_losses(model(x), y, cfg.label_smoothing)
         finite &= torch.isfinite(losses)

@@ -88,6 +88,16 @@ def prepare(model: nn.Module, device: torch.device) -> nn.Module:
 CHECK_EVERY = {"cpu": 1, "cuda": 50}
 
 
+def scheduled_batches(stream: BatchStream, opt: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device):
+    """Yield ``(step, normalised x, y)`` for each batch of ``stream``, with ``opt``'s learning rate set for the step."""
+    steps = len(stream.x)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, cfg)
+        x = normalize(stream.x[step].to(device, non_blocking=True))
+        yield step, x, stream.y[step].to(device, non_blocking=True)
+
+
 def train(model: nn.Module, stream: BatchStream, cfg: TrainConfig) -> TrainResult:
     """Train ``model`` in place over every batch of ``stream``; raise NonFiniteLoss on NaN/inf."""
     device = next(model.parameters()).device
@@ -100,11 +110,7 @@ def train(model: nn.Module, stream: BatchStream, cfg: TrainConfig) -> TrainResul
     tail_loss = torch.zeros((), device=device)
     model.train()
     start = time.perf_counter()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, cfg)
-        x = normalize(stream.x[step].to(device, non_blocking=True))
-        y = stream.y[step].to(device, non_blocking=True)
+    for step, x, y in scheduled_batches(stream, opt, cfg, device):
         with autocast(device):
             loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
         finite &= torch.isfinite(loss)
