@@ -70,8 +70,7 @@ def masked_dataloader_fitness(cfg: RunConfig, splits: Splits, mask: Mask, device
             loss.backward()
             opt.step()
             step += 1
-    n_val = t.val_images or len(splits.val_x)
-    return evaluate(model, splits.val_x[:n_val], splits.val_y[:n_val], t.eval_batch_size)[0]
+    return evaluate(model, *splits.validation(t.val_images), t.eval_batch_size)[0]
 
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:

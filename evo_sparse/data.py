@@ -58,6 +58,25 @@ class Splits:
         names = [f.name for f in dataclasses.fields(self) if f.name.endswith(("_x", "_y"))]
         return dataclasses.replace(self, **{n: getattr(self, n).to(device) for n in names})
 
+    def validation(self, n: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` validation images in class-interleaved order (0 = all, in stored order).
+
+        The stored split is sorted by class, so a plain ``[:n]`` would hold one or two classes only."""
+        if not n or n >= len(self.val_y):
+            return self.val_x, self.val_y
+        idx = balanced_order(self.val_y)[:n].to(self.val_y.device)
+        return self.val_x[idx], self.val_y[idx]
+
+
+def balanced_order(labels: torch.Tensor) -> torch.Tensor:
+    """Indices that visit the classes in turn (1st of each class, then 2nd of each, ...), keeping order within one."""
+    y = labels.cpu()
+    rank = torch.empty_like(y)
+    for c in y.unique():
+        where = (y == c).nonzero().flatten()
+        rank[where] = torch.arange(len(where))
+    return torch.argsort(rank * (int(y.max()) + 1) + y, stable=True)
+
 
 def default_cache_dir() -> Path:
     """``$EVO_SPARSE_CACHE`` or ``~/.cache/evo-sparse``: decoded arrays and torchvision downloads go here."""

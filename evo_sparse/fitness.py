@@ -74,8 +74,7 @@ class Evaluator:
             batch_size=t.batch_size,
             seed=derive(cfg.seed, "batches"),
         )
-        n_val = t.val_images or len(splits.val_x)
-        self.val_x, self.val_y = splits.val_x[:n_val], splits.val_y[:n_val]
+        self.val_x, self.val_y = splits.validation(t.val_images)
 
     def __call__(self, genome) -> dict[str, Any]:
         return self.evaluate_mask(Mask(self.layout, tuple(genome)))

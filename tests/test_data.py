@@ -370,3 +370,27 @@ def test_real_archive(tmp_path):
     mean = s.train_x.float().mean((0, 2, 3)) / 255
     assert torch.allclose(mean, torch.tensor(data.MEAN), atol=0.01)
     assert os.path.basename(s.description.rstrip(")")) == data.SHIPPED_NAME
+
+
+def test_validation_subset_holds_every_class():
+    labels = torch.arange(10).repeat_interleave(50)  # stored sorted by class, as the split is
+    splits = data.Splits(*(torch.zeros(500, 3, 32, 32, dtype=torch.uint8), labels) * 3, "synthetic", "sorted")
+    x, y = splits.validation(40)
+    assert y.bincount(minlength=10).tolist() == [4] * 10
+    assert len(x) == 40
+    assert splits.validation(0)[1] is labels and splits.validation(10_000)[1] is labels
+
+
+def test_balanced_order_keeps_order_within_a_class():
+    order = data.balanced_order(torch.tensor([0, 0, 0, 1, 2, 2]))
+    assert order.tolist() == [0, 3, 4, 1, 5, 2]
+
+
+def test_fitness_with_few_validation_images_sees_every_class():
+    from evo_sparse.config import preset
+    from evo_sparse.fitness import Evaluator
+
+    cfg = preset("smoke").updated({"train.val_images": 50})
+    splits = data.make_synthetic(seed=0, train_size=64, val_size=250, test_size=10)
+    ev = Evaluator(cfg, splits)
+    assert ev.val_y.bincount(minlength=10).tolist() == [5] * 10
