@@ -2,12 +2,13 @@
 one per GPU) or ``ray`` (tasks on a Ray cluster, local or remote). ``plan`` picks one from the config.
 
 Every backend plugs into DEAP as ``toolbox.map`` and yields records in input order; ``unordered`` yields
-``(position, record)`` as evaluations finish, so the run journals each one at once. A fitness value depends only on
-(config, seed, mask): on the CPU every evaluation runs with ``CPU_THREADS`` intra-op threads wherever it runs
-(thread count changes float summation order, hence results), and each worker builds the very same ``Evaluator``
-from the run's config.
+``(position, record)`` as evaluations finish, so the run journals each one at once. A task is a pack of ``--pack``
+consecutive individuals, trained together (``population``); with the default of 1, one evaluation. A fitness value
+depends only on (config, seed, mask): on the CPU every evaluation runs with ``CPU_THREADS`` intra-op threads wherever
+it runs (thread count changes float summation order, hence results), each worker builds the very same ``Evaluator``
+from the run's config, and a pack always trains exactly ``--pack`` networks (padded when fewer are left).
 
-A worker that dies (killed, out of memory, its machine lost) costs only the evaluation it was running: that one is
+A worker that dies (killed, out of memory, its machine lost) costs only the task it was running: that one is
 started again on another worker (a restarted process, or whichever Ray node has room), at most ``max_retries`` times,
 after which it is recorded as failed; its record carries ``retries``, the number of restarts. Worker processes are
 spawned, never forked (no inherited CUDA or OpenMP state), leave Ctrl-C to the parent, and die with it however it
@@ -35,13 +36,14 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from evo_sparse import faults
-from evo_sparse.config import RunConfig
+from evo_sparse.config import RunConfig, pack_size
 from evo_sparse.errors import ConfigError, EvoSparseError
 
 CPU_THREADS = 1  # per evaluation: deterministic, and immune to oversubscribed cores; parallelism comes from workers
 RAY_MISSING = "--backend ray needs Ray, an optional extra not installed here: pip install 'evo-sparse[ray]'"
 
-Task = tuple[int, list[int], int]  # (position in the map's input, genome, attempt: 0 first, then retries)
+# (index in the map's input per slot of the pack, the genome per slot, attempt: 0 first, then retries); None: empty slot
+Task = tuple[list[int | None], list[list[int] | None], int]
 
 
 def cpu_cores() -> int:
@@ -117,13 +119,15 @@ def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
         ) from None
 
 
-def start(where: Plan, cfg: RunConfig, splits, log: Callable[[str], None] = lambda _: None):
-    """The map of ``where``: a ``ProcessMap`` or a ``RayMap`` (close it when done), or None for ``local``."""
+def start(where: Plan, cfg: RunConfig, splits, log: Callable[[str], None] = lambda _: None) -> _Map:
+    """The map of ``where``: a ``LocalMap``, ``ProcessMap`` or ``RayMap``; close it when done."""
     if where.backend == "process":
         return ProcessMap(cfg, devices=where.devices, log=log)
     if where.backend == "ray":
         return RayMap(cfg, splits, in_flight=where.in_flight, log=log)
-    return None
+    from evo_sparse.fitness import Evaluator
+
+    return LocalMap(Evaluator(cfg, splits, where.devices[0] if where.devices else "cpu"))
 
 
 def in_order(finished: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[dict[str, Any]]:
@@ -139,6 +143,23 @@ def in_order(finished: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[dict[st
 
 def _with_retries(record: dict[str, Any], attempt: int) -> dict[str, Any]:
     return dict(record, retries=attempt) if attempt else record
+
+
+def _finished(positions: list[int | None], records: list, attempt: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(position, record)`` for the filled slots of a finished task."""
+    for position, record in zip(positions, records, strict=True):
+        if position is not None:
+            yield position, _with_retries(record, attempt)
+
+
+def _lost_records(cfg: RunConfig, task: Task, reason: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(position, failed record)`` for each individual of a task that never finished."""
+    from evo_sparse.fitness import lost_record
+
+    positions, genomes, attempt = task
+    for position, genome in zip(positions, genomes, strict=True):
+        if position is not None:
+            yield position, _with_retries(lost_record(cfg, genome, reason), attempt)
 
 
 # --- inside a worker (process or Ray) ---------------------------------------------------------------------------------
@@ -164,13 +185,14 @@ def _evaluator(cfg_dict: dict[str, Any], device: str, splits: Callable | None = 
     return _worker["evaluate"]
 
 
-def _evaluate_in_worker(cfg_dict, device: str, genome: list[int], attempt: int, splits=None) -> dict[str, Any]:
-    evaluate = _evaluator(cfg_dict, device, splits)
+def _evaluate_in_worker(cfg_dict, device: str, genomes: list[list[int]], attempt: int, splits=None) -> list[dict]:
+    evaluator = _evaluator(cfg_dict, device, splits)
     if faults.spec():  # test hook: this worker dies here when EVO_SPARSE_FAULT says so
         from evo_sparse.masks import Mask
 
-        faults.crash_worker(_worker["seed"], Mask(evaluate.layout, tuple(genome)).encode(), attempt)
-    return evaluate(genome)
+        for genome in filter(None, genomes):
+            faults.crash_worker(_worker["seed"], Mask(evaluator.layout, tuple(genome)).encode(), attempt)
+    return evaluator.evaluate_genomes(genomes)
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -210,8 +232,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _serve(conn, cfg_dict: dict[str, Any], parent: int, device: str) -> None:
-    """A worker process: build the evaluator, then answer ``(position, genome, attempt)`` with ``("done", position,
-    record)`` or ``("error", position, exception)`` until the parent sends None or goes away."""
+    """A worker process: build the evaluator, then answer ``(positions, genomes, attempt)`` with ``("done", positions,
+    records)`` or ``("error", positions, exception)`` until the parent sends None or goes away."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
     startup: BaseException | None = None
@@ -226,13 +248,13 @@ def _serve(conn, cfg_dict: dict[str, Any], parent: int, device: str) -> None:
             return
         if task is None:
             return
-        position, genome, attempt = task
+        positions, genomes, attempt = task
         try:
             if startup is not None:
                 raise startup
-            reply = ("done", position, _evaluate_in_worker(cfg_dict, device, genome, attempt))
+            reply = ("done", positions, _evaluate_in_worker(cfg_dict, device, genomes, attempt))
         except Exception as exc:
-            reply = ("error", position, _portable(exc))
+            reply = ("error", positions, _portable(exc))
         conn.send(reply)
 
 
@@ -263,20 +285,46 @@ def _how_it_ended(exitcode: int | None) -> str:
 
 
 class _Map:
-    """What every worker backend shares: ``toolbox.map`` in input order over ``unordered``, built on ``_run``."""
+    """What every backend shares: ``toolbox.map`` in input order over ``unordered``, built on ``_run``, which takes
+    tasks of ``pack`` consecutive individuals."""
+
+    pack = 1
 
     def __call__(self, func: Callable, individuals: Iterable) -> Iterator[dict[str, Any]]:
         """Evaluate ``individuals`` in order; ``func`` (the toolbox's evaluate) is ignored: workers hold their own."""
         return in_order(self.unordered(individuals))
 
-    def unordered(self, individuals: Iterable) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Evaluate ``individuals``, yielding ``(position, record)`` as each evaluation finishes."""
-        return self._run(collections.deque((i, list(ind), 0) for i, ind in enumerate(individuals)))
+    def unordered(self, individuals: Iterable, positions: Iterable[int] | None = None) -> Iterator[tuple[int, dict]]:
+        """Evaluate ``individuals``, yielding ``(j, record)`` as each evaluation finishes, ``j`` indexing
+        ``individuals``. ``positions`` (default 0, 1, ...) are their places in the generation: the one at position
+        ``p`` trains in pack ``p // pack`` at slot ``p % pack`` however many of its pack are left to evaluate."""
+        genomes = [list(ind) for ind in individuals]
+        k = self.pack
+        packs: dict[int, list[int | None]] = {}
+        for j, p in enumerate(range(len(genomes)) if positions is None else positions):
+            packs.setdefault(p // k, [None] * k)[p % k] = j
+        tasks = [(slots, [None if j is None else genomes[j] for j in slots], 0) for slots in packs.values()]
+        return self._run(collections.deque(tasks))
 
     def evaluate(self, genome) -> dict[str, Any]:
         """The same evaluation, run by the backend (one at a time: use the map for a population)."""
         ((_, record),) = list(self.unordered([genome]))
         return record
+
+    def close(self) -> None:
+        pass
+
+
+class LocalMap(_Map):
+    """``toolbox.map`` in this process: ``evaluator.evaluate_genomes`` a pack at a time."""
+
+    def __init__(self, evaluator):
+        self.evaluator, self.pack = evaluator, evaluator.pack
+
+    def _run(self, todo: collections.deque[Task]) -> Iterator[tuple[int, dict[str, Any]]]:
+        while todo:
+            positions, genomes, _ = todo.popleft()
+            yield from _finished(positions, self.evaluator.evaluate_genomes(genomes), 0)
 
 
 class _Worker:
@@ -298,10 +346,10 @@ class _Worker:
 
 
 class ProcessMap(_Map):
-    """``toolbox.map`` over spawned worker processes, one evaluation at a time each, results in input order.
+    """``toolbox.map`` over spawned worker processes, one task (a pack) at a time each, results in input order.
 
-    ``devices`` gives each worker's device (default: ``workers`` CPU workers). A worker that dies mid-evaluation is
-    replaced by a new process and its evaluation sent again (to the first free worker), up to ``max_retries``
+    ``devices`` gives each worker's device (default: ``workers`` CPU workers). A worker that dies mid-task is
+    replaced by a new process and its task sent again (to the first free worker), up to ``max_retries``
     (default ``cfg.max_retries``) times; after that the evaluation is a failed record. The other workers carry on
     undisturbed. A dead worker is replaced when next needed (``restarts`` counts them).
     """
@@ -321,6 +369,7 @@ class ProcessMap(_Map):
             raise ValueError("ProcessMap needs at least one worker")
         self.workers = len(self.devices)
         self.max_retries = cfg.max_retries if max_retries is None else max_retries
+        self.pack = pack_size(cfg)
         self.log = log
         self.restarts = 0  # workers replaced after dying
         self._ctx = multiprocessing.get_context("spawn")
@@ -359,46 +408,44 @@ class ProcessMap(_Map):
                     try:
                         if not w.conn.poll():  # the process ended without a last word
                             raise EOFError
-                        kind, position, payload = w.conn.recv()
+                        kind, positions, payload = w.conn.recv()
                     except (EOFError, OSError):
                         yield from self._lost(slot, busy.pop(slot), todo)
                         continue
                     attempt = busy.pop(slot)[2]
                     if kind == "error":
                         raise payload
-                    yield position, _with_retries(payload, attempt)
+                    yield from _finished(positions, payload, attempt)
         finally:
             for slot in busy:  # abandoned (Ctrl-C, an error): its answer must not be taken for the next task's
                 self._slots[slot].stop()  # replaced when next needed
 
     def _lost(self, slot: int, task: Task, todo: collections.deque[Task]) -> Iterator[tuple[int, dict[str, Any]]]:
-        """The worker of ``slot`` died evaluating ``task``: replace it; retry the task, or give its failed record."""
-        position, genome, attempt = task
+        """The worker of ``slot`` died evaluating ``task``: replace it; retry the task, or give its failed records."""
+        positions, genomes, attempt = task
         w = self._slots[slot]
         w.process.join(1)
         what = f"worker process {w.process.pid} ({w.device}) {_how_it_ended(w.process.exitcode)} during an evaluation"
         w.stop()  # replaced when next needed
         if attempt < self.max_retries:
             self.log(f"{what}; it is retried in a new worker ({attempt + 1} of at most {self.max_retries} retries)")
-            todo.appendleft((position, genome, attempt + 1))
+            todo.appendleft((positions, genomes, attempt + 1))
             return
-        from evo_sparse.fitness import lost_record
-
         reason = f"{what}, {attempt + 1} time(s): its worker died at every attempt (--max-retries {self.max_retries})"
         self.log(f"{what}; no retries left (--max-retries {self.max_retries}): recorded as failed")
-        yield position, _with_retries(lost_record(self.cfg, genome, reason), attempt)
+        yield from _lost_records(self.cfg, task, reason)
 
 
 # --- ray: tasks on a Ray cluster --------------------------------------------------------------------------------------
 
 
-def _ray_evaluate(cfg_dict: dict[str, Any], box: list, genome: list[int], attempt: int) -> dict[str, Any]:
-    """A Ray task: one evaluation on this worker's GPU (Ray sets CUDA_VISIBLE_DEVICES) or CPU. ``box`` holds the
+def _ray_evaluate(cfg_dict: dict[str, Any], box: list, genomes: list[list[int]], attempt: int) -> list[dict]:
+    """A Ray task: one pack on this worker's GPU (Ray sets CUDA_VISIBLE_DEVICES) or CPU. ``box`` holds the
     object-store reference of the splits, fetched only when this worker builds its evaluator."""
     import ray
 
     device = "cuda" if ray.get_gpu_ids() else "cpu"
-    return _evaluate_in_worker(cfg_dict, device, genome, attempt, splits=lambda: ray.get(box[0]))
+    return _evaluate_in_worker(cfg_dict, device, genomes, attempt, splits=lambda: ray.get(box[0]))
 
 
 class RayMap(_Map):
@@ -420,6 +467,7 @@ class RayMap(_Map):
             raise ConfigError(RAY_MISSING) from None
         self.ray, self.cfg, self.log, self.in_flight = ray, cfg, log, in_flight
         self.max_retries = cfg.max_retries
+        self.pack = pack_size(cfg)
         self.started = not ray.is_initialized()
         if self.started:
             local = not (cfg.address or os.environ.get("RAY_ADDRESS"))
@@ -471,9 +519,10 @@ class RayMap(_Map):
                     task = todo.popleft()
                     running[self._task.remote(self._cfg_dict, self._box, task[1], task[2])] = task
                 (ref,), _ = ray.wait(list(running), num_returns=1)
-                position, genome, attempt = running.pop(ref)
+                task = running.pop(ref)
+                positions, genomes, attempt = task
                 try:
-                    record = ray.get(ref)
+                    records = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:  # the evaluation raised: an EvoSparseError (or a bug)
                     raise _portable(exc.cause) if isinstance(exc.cause, BaseException) else exc from None
                 except ray.exceptions.TaskCancelledError:
@@ -482,14 +531,13 @@ class RayMap(_Map):
                     what = f"a Ray task was lost ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
                     if attempt < self.max_retries:
                         self.log(f"{what}; it is retried ({attempt + 1} of at most {self.max_retries} retries)")
-                        todo.appendleft((position, genome, attempt + 1))
+                        todo.appendleft((positions, genomes, attempt + 1))
                         continue
-                    from evo_sparse.fitness import lost_record
-
                     self.log(f"{what}; no retries left (--max-retries {self.max_retries}): recorded as failed")
                     reason = f"{what}, {attempt + 1} time(s) (--max-retries {self.max_retries})"
-                    record = lost_record(self.cfg, genome, reason[:500])
-                yield position, _with_retries(record, attempt)
+                    yield from _lost_records(self.cfg, task, reason[:500])
+                    continue
+                yield from _finished(positions, records, attempt)
         finally:
             for ref in running:  # abandoned (Ctrl-C, an error)
                 with contextlib.suppress(Exception):

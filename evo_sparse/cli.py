@@ -47,6 +47,7 @@ RUN_OPTIONS: dict[str, tuple[str, click.ParamType]] = {
     "weight-decay": ("train.weight_decay", click.FLOAT),
     "label-smoothing": ("train.label_smoothing", click.FLOAT),
     "val-images": ("train.val_images", click.INT),
+    "pack": ("train.pack", click.INT),
     "dataset": ("data.dataset", click.Choice(DATASETS)),
     "data": ("data.path", click.STRING),
     "val-size": ("data.val_size", click.INT),

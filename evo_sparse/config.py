@@ -58,6 +58,12 @@ class TrainConfig:
     label_smoothing: float = _f(0.1, "label smoothing; steadies very short trainings")
     val_images: int = _f(0, "validation images used for fitness; 0 = all of the validation split")
     eval_batch_size: int = _f(500, "batch size when measuring validation accuracy")
+    pack: int = _f(
+        1,
+        "individuals trained together as one batched network (grouped convolutions), 1 = one at a time; layerwise "
+        "sampling only (global masks differ in widths and train one at a time). Part of what a fitness value is: "
+        "the batched kernels round differently",
+    )
 
 
 @dataclass(frozen=True)
@@ -198,12 +204,18 @@ class RunConfig:
         )
         _check(self.max_retries >= 0, "max-retries", f"must be 0 or more, not {self.max_retries}")
         _check(t.val_images >= 0 and t.eval_batch_size >= 1, "val-images", "must be 0 (all) or positive")
+        _check(t.pack >= 1, "pack", f"must be at least 1 (1 = one network at a time), not {t.pack}")
         _check(
             0 < self.data.val_size < 50_000 and self.data.val_size % 10 == 0,
             "val-size",
             f"must be a positive multiple of 10 below 50000, not {self.data.val_size}",
         )
         return self
+
+
+def pack_size(cfg: RunConfig) -> int:
+    """Individuals trained together (``--pack``): equal widths only, so global sampling trains one at a time."""
+    return cfg.train.pack if cfg.search.sampling == "layerwise" else 1
 
 
 def _check(ok: bool, option: str, message: str) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from evo_sparse import faults, models
 from evo_sparse.backends import CPU_THREADS
-from evo_sparse.config import RunConfig, TrainConfig
+from evo_sparse.config import RunConfig, TrainConfig, pack_size
 from evo_sparse.data import Splits
 from evo_sparse.errors import ConfigError, EvoSparseError
 from evo_sparse.masks import Layout, Mask, compact_state
@@ -55,7 +55,12 @@ def parent_state(cfg: RunConfig) -> dict[str, torch.Tensor]:
 
 
 class Evaluator:
-    """Callable mapping a genome (flat 0/1 list) to a fitness record; see ``evaluate_mask``."""
+    """Callable mapping a genome (flat 0/1 list) to a fitness record; see ``evaluate_mask``.
+
+    A fitness value is a pure function of (config, seed, mask), and with ``--pack`` P > 1 of the mask's slot too: a run
+    trains the j-th evaluation of a generation as member ``j % P`` of a population of exactly P (filled with copies
+    when fewer are at hand), because the batched kernels round by population size and slot, not by the other members.
+    """
 
     def __init__(self, cfg: RunConfig, splits: Splits, device: torch.device | str = "cpu"):
         self.cfg = cfg
@@ -75,6 +80,7 @@ class Evaluator:
             seed=derive(cfg.seed, "batches"),
         )
         self.val_x, self.val_y = splits.validation(t.val_images)
+        self.pack = pack_size(cfg)
 
     def __call__(self, genome) -> dict[str, Any]:
         return self.evaluate_mask(Mask(self.layout, tuple(genome)))
@@ -86,7 +92,25 @@ class Evaluator:
         return model.to(self.device)
 
     def evaluate_mask(self, mask: Mask) -> dict[str, Any]:
-        """Train the sub-network briefly and measure validation accuracy.
+        """The fitness record of ``mask`` by this run's procedure: ``evaluate_alone``, or with ``--pack`` P > 1 as
+        member 0 of a population of P (``population.evaluate_masks``)."""
+        return self.evaluate_masks([mask])[0]
+
+    def evaluate_masks(self, masks: list[Mask | None]) -> list[dict[str, Any] | None]:
+        """``evaluate_mask`` of each mask, in order (None for None); with ``--pack`` P > 1 mask ``j`` trains as member
+        ``j % P`` of the population ``masks[j - j % P : ...]`` (a member's value depends on its slot)."""
+        if self.pack == 1:
+            return [None if m is None else self.evaluate_alone(m) for m in masks]
+        from evo_sparse.population import evaluate_masks
+
+        return evaluate_masks(self, masks, chunk=self.pack, slots=True)
+
+    def evaluate_genomes(self, genomes) -> list[dict[str, Any] | None]:
+        """``evaluate_masks`` of flat 0/1 lists (None stays None)."""
+        return self.evaluate_masks([None if g is None else Mask(self.layout, tuple(g)) for g in genomes])
+
+    def evaluate_alone(self, mask: Mask) -> dict[str, Any]:
+        """Train the sub-network briefly, on its own, and measure validation accuracy.
 
         Returns ``{"status", "fitness", "val_loss", "train_loss", "train_images", "batch_size", "seconds", "sparsity",
         "params", "macs", "reason"}``. Failures are records, not exceptions: a NaN/inf loss or accuracy, or any

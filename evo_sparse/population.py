@@ -246,26 +246,44 @@ def evaluate_population(
 CPU_CHUNK = 4
 
 
-def evaluate_masks(evaluator, masks: Sequence[Mask], chunk: int | None = None) -> list[dict[str, Any]]:
-    """``evaluator.evaluate_mask`` for every mask, trained together: records in input order, with the same keys.
+def evaluate_masks(
+    evaluator, masks: Sequence[Mask | None], chunk: int | None = None, slots: bool = False
+) -> list[dict[str, Any] | None]:
+    """``evaluator.evaluate_alone`` for every mask, trained together: records in input order, with the same keys.
 
     Masks of equal ``widths()`` are trained as one population of at most ``chunk`` (default: ``CPU_CHUNK`` on the
-    CPU, all of them elsewhere); a record's ``seconds`` is its population's wall time divided among the members. A
-    population that runs out of device memory is split in two and retried; one that raises anything else (and a mask
-    given an injected fault) goes one by one through ``evaluator.evaluate_mask``, which records failures.
-    EvoSparseError is raised.
+    CPU, all of them elsewhere). With ``slots`` (how runs use it), mask ``j`` trains as member ``j % chunk`` of a
+    population of exactly ``chunk``, ``masks[j - j % chunk : ...]``; a ``None`` (or missing) member is filled with a
+    copy of a real one and gets a ``None`` record. A member's result depends on its population size and slot (the
+    batched kernels round by position), never on the other members, so a fixed slot gives the same value every time.
+    A record's ``seconds`` is its population's wall time divided among the real members. A population that runs out
+    of device memory is split in two and retried (then its values differ in rounding); one that raises anything
+    else (and a mask given an injected fault) goes one by one through ``evaluator.evaluate_alone``, which records
+    failures. EvoSparseError is raised.
     """
-    todo: dict[tuple, list[int]] = {}
-    alone: list[int] = []
-    for j, m in enumerate(masks):
-        (alone if _injected_fault(evaluator.cfg.seed, m) else todo.setdefault(tuple(m.widths().items()), [])).append(j)
     size = chunk or (CPU_CHUNK if evaluator.device.type == "cpu" else max(1, len(masks)))
-    pieces = [g[i : i + size] for g in todo.values() for i in range(0, len(g), size)]
-    records: list[dict[str, Any]] = [{}] * len(masks)
+    alone = [j for j, m in enumerate(masks) if m is not None and _injected_fault(evaluator.cfg.seed, m)]
+    pieces: list[list[int | None]]
+    if slots:
+        windows = [list(range(i, i + size)) for i in range(0, len(masks), size)]
+        pieces = [
+            [j if j < len(masks) and masks[j] is not None and j not in alone else None for j in w] for w in windows
+        ]
+    else:
+        groups: dict[tuple, list[int | None]] = {}
+        for j, m in enumerate(masks):
+            if m is not None and j not in alone:
+                groups.setdefault(tuple(m.widths().items()), []).append(j)
+        pieces = [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+    records: list[dict[str, Any] | None] = [None] * len(masks)
     while pieces:
         piece = pieces.pop(0)
+        real = [j for j in piece if j is not None]
+        if not real:
+            continue
         try:
-            for j, record in zip(piece, _evaluate_piece(evaluator, [masks[j] for j in piece])):
+            members = [masks[real[0] if j is None else j] for j in piece]
+            for j, record in zip(real, _evaluate_piece(evaluator, members, [j is not None for j in piece])):
                 records[j] = record
             continue
         except EvoSparseError:
@@ -280,14 +298,15 @@ def evaluate_masks(evaluator, masks: Sequence[Mask], chunk: int | None = None) -
         if split:
             pieces[:0] = [piece[: len(piece) // 2], piece[len(piece) // 2 :]]
         else:
-            alone += piece
+            alone += real
     for j in alone:
-        records[j] = evaluator.evaluate_mask(masks[j])  # alone, it retries at half the batch size when out of memory
+        records[j] = evaluator.evaluate_alone(masks[j])  # alone, it retries at half the batch size when out of memory
     return records
 
 
-def _evaluate_piece(evaluator, masks: list[Mask]) -> list[dict[str, Any]]:
-    """Records of ``masks`` (equal widths) trained as one population; raises what building or training raises."""
+def _evaluate_piece(evaluator, masks: list[Mask], real: list[bool]) -> list[dict[str, Any]]:
+    """Records of the ``real`` ones of ``masks`` (equal widths; the others fill the population), trained as one
+    population; raises what building or training raises."""
     from evo_sparse.fitness import FAILED, OK  # here: fitness may come to import this module
 
     cfg, dev = evaluator.cfg, evaluator.device
@@ -302,9 +321,11 @@ def _evaluate_piece(evaluator, masks: list[Mask]) -> list[dict[str, Any]]:
         # eval_batch_size images per network, as one at a time: P times the images would outgrow the caches
         batch = max(1, cfg.train.eval_batch_size // len(masks))
         scores = evaluate_population(model, evaluator.val_x, evaluator.val_y, batch)
-    seconds = (time.perf_counter() - start) / len(masks)
+    seconds = (time.perf_counter() - start) / sum(real)
     records = []
-    for mask, result, (acc, val_loss) in zip(masks, trained, scores):
+    for mask, result, (acc, val_loss), keep in zip(masks, trained, scores, real):
+        if not keep:
+            continue
         reason = result.reason
         if reason is None and not (math.isfinite(acc) and math.isfinite(val_loss)):
             reason = f"validation accuracy {acc}, loss {val_loss}"

@@ -192,7 +192,7 @@ class Journal:
             }
             todo = [i for i in range(len(keys)) if i not in ready]
             subset = [individuals[i] for i in todo]
-            finished = unordered(subset) if unordered else enumerate(inner_map(func, subset))
+            finished = unordered(subset, todo) if unordered else enumerate(inner_map(func, subset))
             nxt = 0
             for j, record in finished:
                 ready[todo[j]] = self.append(todo[j], dict(record, mask=keys[todo[j]]))
@@ -240,7 +240,7 @@ def execute(
     left as it was, except that a torn last journal line and stray temp files from a crash are removed.
     """
     from evo_sparse import backends
-    from evo_sparse.fitness import Evaluator, resolve_device
+    from evo_sparse.fitness import resolve_device
 
     cfg.validate()
     paths = RunPaths(run_folder(cfg))
@@ -289,17 +289,15 @@ def execute(
             elif journal.rows and len(journal.failed) / journal.rows > limit:
                 log(f"warning: {journal.failure_summary(limit).split(' (last')[0]}; the run finished anyway")
 
-        pool = backends.start(where, cfg, splits, log)  # None: evaluate in this process
+        pool = backends.start(where, cfg, splits, log)
         try:
-            evaluate = pool.evaluate if pool else Evaluator(cfg, splits, device)
-            del splits  # the workers hold their own copy
-            toolbox = make_toolbox(cfg.search, layout, evaluate)
-            if pool:
-                toolbox.register("map", pool)
+            del splits  # the evaluator (here or in each worker) holds its own copy
+            toolbox = make_toolbox(cfg.search, layout, pool.evaluate)
+            toolbox.register("map", pool)
             if customize is not None:
                 customize(toolbox)
             inner = toolbox.map  # the backend's map must keep input order
-            unordered = pool.unordered if pool and getattr(inner, "func", None) is pool else None
+            unordered = pool.unordered if getattr(inner, "func", None) is pool else None
             toolbox.register("map", journal.wrap(inner, unordered))
             # Seed (or restore) every generator last, so that nothing built above can shift what the search draws.
             seed_everything(cfg.seed)
@@ -307,8 +305,7 @@ def execute(
                 checkpoint.set_rng_state(ckpt["rng"])
             evolve(toolbox, cfg.search, state, Hooks(on_generation_start, on_evaluated, on_generation_end))
         finally:
-            if pool:
-                pool.close()
+            pool.close()
     return paths.root
 
 

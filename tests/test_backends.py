@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -196,6 +197,35 @@ def test_an_evaluation_whose_worker_always_dies_is_a_failed_record(tmp_path, mon
     assert result.stderr.count("no retries left (--max-retries 1): recorded as failed") == 1
     kept = [i for i in range(len(got)) if i not in lost]
     assert [got[i] for i in kept] == [expected[i] for i in kept]
+
+
+# --- packs: individuals trained together -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def packed_local_run(tmp_path_factory) -> Path:
+    folder, _ = run(tmp_path_factory.mktemp("packed"), "--backend", "local", "--pack", "4")
+    return folder
+
+
+def test_a_packed_run_gives_the_same_results_on_worker_processes(tmp_path, packed_local_run, local_run):
+    """--pack 4 with 6 individuals: packs of 4 and 2 (padded to 4) here, in two workers there; the same values."""
+    folder, _ = run(tmp_path, "--backend", "process", "--workers", "2", "--pack", "4")
+    assert computed(folder) == computed(packed_local_run)
+    assert folder.parent.name != local_run.parent.name  # the pack size is part of what a fitness value is
+
+
+def test_a_packed_run_resumed_mid_generation_gives_the_same_results(tmp_path, packed_local_run):
+    """A crash after 3 of generation 0's 6 evaluations: the resumed run packs the other 3 differently (one pack of
+    3 + a copy, not the second half of a pack of 4 and a pack of 2), and still computes the very same values."""
+    folder = tmp_path / packed_local_run.parent.name / packed_local_run.name
+    shutil.copytree(packed_local_run, folder)
+    journal = folder / "evaluations.jsonl"
+    journal.write_text("".join(journal.read_text().splitlines(keepends=True)[:3]))
+    (folder / "checkpoint.json").unlink()
+    resumed, _ = run(tmp_path, "--backend", "local", "--pack", "4")
+    assert resumed == folder
+    assert computed(resumed) == computed(packed_local_run)
 
 
 # --- ray: tasks on a local Ray cluster --------------------------------------------------------------------------------

@@ -188,10 +188,10 @@ def test_evaluate_masks_gives_the_evaluators_records(monkeypatch):
     ev = Evaluator(cfg, make_synthetic(seed=0, train_size=1024, val_size=250, test_size=10), "cpu")
     masks = [Mask(ev.layout, tuple(sample(ev.layout, 0.5))) for _ in range(3)]
     masks.insert(1, Mask(ev.layout, tuple(sample(ev.layout, 0.7))))  # other widths: a second population
-    alone = [ev.evaluate_mask(m) for m in masks]
+    alone = [ev.evaluate_alone(m) for m in masks]
     masks.append(masks[0])  # a duplicate trains beside its twin and scores the same
     alone.append(alone[0])
-    monkeypatch.setattr(ev, "evaluate_mask", lambda m: pytest.fail("evaluate_masks fell back to one by one"))
+    monkeypatch.setattr(ev, "evaluate_alone", lambda m: pytest.fail("evaluate_masks fell back to one by one"))
     together = evaluate_masks(ev, masks, chunk=2)
     same = ("sparsity", "params", "macs", "train_images", "status", "reason")
     for a, t in zip(alone, together, strict=True):
@@ -206,11 +206,28 @@ def test_evaluate_masks_gives_the_evaluators_records(monkeypatch):
             assert (a["fitness"] > b["fitness"]) == (ta["fitness"] > tb["fitness"])
 
 
+def test_a_packed_fitness_depends_on_its_slot_not_on_its_companions():
+    """With --pack P every mask trains in a population of exactly P at a fixed slot, so its record is the same bit for
+    bit whichever masks share its pack: a resumed or retried run, or another backend, may leave slots empty."""
+    cfg = preset("smoke").updated({"train.pack": 2, "train.train_images": 256})
+    ev = Evaluator(cfg, make_synthetic(seed=0, train_size=256, val_size=250, test_size=10), "cpu")
+    assert ev.pack == 2
+    masks = [Mask(ev.layout, tuple(sample(ev.layout, 0.5))) for _ in range(3)]
+
+    def values(records):
+        return [r and (r["fitness"], r["val_loss"], r["train_loss"], r["status"]) for r in records]
+
+    together = values(ev.evaluate_masks(masks))  # packs [0, 1] and [2, a copy]
+    assert values(ev.evaluate_masks([None, masks[1], masks[2]])) == [None, *together[1:]]  # [a copy, 1] and [2, ...]
+    assert values(ev.evaluate_masks([masks[2], masks[0]])) == together[2::-2]  # [2, 0]: each in its slot
+    assert Evaluator(cfg.updated({"search.sampling": "global"}), DATA, "cpu").pack == 1  # widths differ: alone
+
+
 class FakeEvaluator:
     cfg = preset("smoke")
     device = torch.device("cpu")
 
-    def evaluate_mask(self, mask):
+    def evaluate_alone(self, mask):
         return {"fitness": mask.sparsity, "via": "alone"}
 
 
@@ -219,13 +236,13 @@ def test_out_of_memory_splits_a_population_and_other_errors_go_one_by_one(monkey
     masks = [Mask(layout, tuple(sample(layout, 0.5))) for _ in range(5)] + [Mask(layout, tuple(sample(layout, 0.7)))]
     seen = []
 
-    def piece(evaluator, ms):
+    def piece(evaluator, ms, real):
         seen.append(len(ms))
         if len(ms) > 2:
             raise torch.cuda.OutOfMemoryError("fake")
         if masks[3] in ms:
             raise RuntimeError("fake bug")
-        return [{"fitness": m.sparsity, "via": "population"} for m in ms]
+        return [{"fitness": m.sparsity, "via": "population"} for m, keep in zip(ms, real) if keep]
 
     monkeypatch.setattr(population, "_evaluate_piece", piece)
     with pytest.warns(UserWarning, match="fake bug"):
@@ -239,7 +256,7 @@ def test_out_of_memory_splits_a_population_and_other_errors_go_one_by_one(monkey
     evaluate_masks(FakeEvaluator(), masks[:3] + masks[4:])  # by default, populations of CPU_CHUNK on the CPU
     assert seen == [2, 2, 1]
 
-    def bad_setting(evaluator, ms):
+    def bad_setting(evaluator, ms, real):
         raise ConfigError("--lr must be positive")
 
     monkeypatch.setattr(population, "_evaluate_piece", bad_setting)
