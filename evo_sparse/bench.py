@@ -83,19 +83,22 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-def population_paths(cfg: RunConfig, evaluator: Evaluator, device: torch.device) -> dict[str, Callable]:
-    """The population-level ways available here: name -> function(list of masks) -> list of fitness values."""
-    paths: dict[str, Callable] = {}
-    try:
-        from evo_sparse.population import evaluate_masks
-    except ImportError:
-        evaluate_masks = None
-    if evaluate_masks is not None:
-        paths["batched"] = lambda ms: [r["fitness"] for r in evaluate_masks(evaluator, ms)]
+def population_paths(cfg: RunConfig, evaluator: Evaluator, device: torch.device, pack: int) -> dict[str, Callable]:
+    """The population-level ways available here: name -> function(list of masks) -> list of fitness values.
+
+    ``batched``: this process, populations of ``pack`` (all of them on a GPU); ``workers``: one worker process per
+    core, one network at a time each; ``workers_packed``: the same workers, ``--pack pack`` (as a run does it)."""
+    from evo_sparse.population import evaluate_masks
+
+    chunk = pack if device.type == "cpu" else None
+    paths: dict[str, Callable] = {"batched": lambda ms: [r["fitness"] for r in evaluate_masks(evaluator, ms, chunk)]}
     if device.type == "cpu" and cpu_cores() > 1:
-        pool = ProcessMap(cfg, cpu_cores())
-        paths["workers"] = lambda ms: [r["fitness"] for r in pool(None, [list(m.bits) for m in ms])]
-        paths["workers"].close = pool.close  # type: ignore[attr-defined]
+        for name, k in (("workers", 1), ("workers_packed", pack)):
+            if name == "workers_packed" and pack == 1:
+                continue
+            pool = ProcessMap(cfg.updated({"train.pack": k}), cpu_cores())
+            paths[name] = lambda ms, pool=pool: [r["fitness"] for r in pool(None, [list(m.bits) for m in ms])]
+            paths[name].close = pool.close  # type: ignore[attr-defined]
     return paths
 
 
@@ -106,6 +109,7 @@ def run_benchmark(
     sparsities=(0.0, 0.5, 0.8, 0.9),
     population: int = 20,
     repeats: int = 3,
+    pack: int = 4,
     device: str = "cpu",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -117,7 +121,7 @@ def run_benchmark(
     layout: Layout = evaluator.layout
     rng = random.Random(0)
     masks = {s: [Mask(layout, tuple(sample(layout, s, rng=rng))) for _ in range(population)] for s in sparsities}
-    pops = population_paths(cfg, evaluator, dev)
+    pops = population_paths(cfg, evaluator, dev, pack)
     times: dict[tuple[str, float], list[float]] = {}
     fitness: dict[tuple[str, float], list[float]] = {}
     try:
@@ -165,6 +169,7 @@ def run_benchmark(
         "train_images": images,
         "val_images": len(evaluator.val_x),
         "population": population,
+        "pack": pack,
         "repeats": repeats,
         "device": str(dev),
         "cpu_cores": cpu_cores(),
@@ -203,4 +208,5 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def bench_config(base: RunConfig, train_images: int, val_images: int) -> RunConfig:
-    return replace(base, train=replace(base.train, train_images=train_images, val_images=val_images))
+    """``base`` with the benchmark's training budget, one network at a time (path b; path c sets its own pack)."""
+    return replace(base, train=replace(base.train, train_images=train_images, val_images=val_images, pack=1))

@@ -159,6 +159,7 @@ def show(run_dir: str, as_json: bool):
 @click.option("--sparsities", default="0,0.5,0.8,0.9", help="comma-separated node sparsities")
 @click.option("--pop", "population", type=click.IntRange(2), default=20, help="population size for path c")
 @click.option("--repeats", type=click.IntRange(1), default=3, help="interleaved repeats; medians are reported")
+@click.option("--pack", type=click.IntRange(1), default=4, help="networks trained together in the batched c paths")
 @click.option("--train-images", type=click.IntRange(1), default=1024, help="training images per fitness")
 @click.option("--val-images", type=click.IntRange(1), default=1000, help="validation images per fitness")
 @click.option("--data", default=None, help="CIFAR-10 archive or folder (default: found automatically)")
@@ -168,6 +169,7 @@ def bench(
     sparsities: str,
     population: int,
     repeats: int,
+    pack: int,
     train_images: int,
     val_images: int,
     data: str | None,
@@ -192,6 +194,7 @@ def bench(
         sparsities=levels,
         population=population,
         repeats=repeats,
+        pack=pack,
         device=str(resolve_device(device)),
         log=_log,
     )

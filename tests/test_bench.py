@@ -6,6 +6,7 @@ import json
 
 from click.testing import CliRunner
 
+from evo_sparse.backends import cpu_cores
 from evo_sparse.bench import bench_config, format_table, run_benchmark
 from evo_sparse.cli import cli
 from evo_sparse.config import preset
@@ -24,6 +25,9 @@ def test_benchmark_reports_every_path_ratio_and_agreement():
     # A population path computes the same fitness as one-at-a-time compacted training (path b).
     assert result["max_fitness_diff_vs_b"] and all(d < 0.02 for d in result["max_fitness_diff_vs_b"].values())
     assert all(f"c_over_b@{s}" in result["ratios"] for s in (0.0, 0.5))
+    if cpu_cores() > 1:  # worker processes, one network at a time each and packed as runs pack them
+        assert {"c_workers@0.5", "c_workers_packed@0.5"} <= set(result["seconds_per_individual"])
+    assert result["pack"] == 4
     assert "| 0.5 |" in format_table(result)
 
 
