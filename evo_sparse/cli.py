@@ -330,16 +330,24 @@ def paper(preset: str | None, sparsities: str, seeds: int, quiet: bool, **option
 @some_run_options("algorithm", "seed")
 @click.option("--algorithms", default="weedout,ga", help="comma-separated algorithms; the first is the baseline")
 @click.option("--runs", type=click.IntRange(1), default=5, help="independent runs (seeds 0..N-1) per algorithm")
+@click.option(
+    "--final-train", is_flag=True, help="also fully train each run's best --final-masks masks (default 1) and test them"
+)
+@final_options
 @click.option("--quiet", is_flag=True, help="no progress lines")
-def compare(preset: str | None, algorithms: str, runs: int, quiet: bool, **options):
+def compare(preset: str | None, algorithms: str, runs: int, final_train: bool, quiet: bool, **options):
     """GA vs Random Search at an equal budget of fitness evaluations: best-so-far curves and tests; prints the
     comparison folder last."""
     from evo_sparse.study import compare as run_compare
     from evo_sparse.study import format_comparison, parse_list
 
     names = parse_list(algorithms, "algorithms", str)
-    cfg = build_config(preset, options)
-    folder, comparison = run_compare(cfg, algorithms=names, runs=runs, log=_log, show_progress=not quiet)
+    run_opts, final_opts = _split(options)
+    cfg = build_config(preset, run_opts)
+    if any(v is not None for v in final_opts.values()) and not final_train:
+        raise ConfigError("the full-training options (--epochs, --final-...) need --final-train")
+    fc = build_final(cfg.preset, final_opts) if final_train else None
+    folder, comparison = run_compare(cfg, algorithms=names, runs=runs, final_cfg=fc, log=_log, show_progress=not quiet)
     click.echo(format_comparison(comparison))
     click.echo(str(folder))
 

@@ -308,10 +308,14 @@ def compare(
     *,
     algorithms: list[str],
     runs: int,
+    final_cfg: FinalConfig | None = None,
     log: Callable[[str], None] = print,
     show_progress: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
-    """Run ``runs`` seeds of each algorithm at Weedout's evaluation budget; (folder, comparison) written there."""
+    """Run ``runs`` seeds of each algorithm at Weedout's evaluation budget; (folder, comparison) written there.
+
+    ``final_cfg``: also fully train each run's best ``final_cfg.masks`` masks (default 1) under its training seeds
+    and test the algorithms' final test accuracy (a run's masks and seeds averaged: one value per run)."""
     from evo_sparse.runs import RunPaths, execute
 
     unknown = [a for a in algorithms if a not in ALGORITHMS]
@@ -328,7 +332,8 @@ def compare(
         cfg = cfg.updated({"search.generations": generations_for(cfg, budget)})
         configs |= {(alg, seed): cfg.updated({"seed": seed}).validate() for seed in range(runs)}
     key = {k: v for k, v in base.hashed_items().items() if k not in ("search.algorithm", "seed")}
-    paths = StudyPaths(Path(base.runs_dir) / f"compare_{_hash([key, algorithms, runs])}")
+    trained_key = [final_cfg.final_hash(), final_cfg.masks or 1, final_cfg.seeds] if final_cfg else []
+    paths = StudyPaths(Path(base.runs_dir) / f"compare_{_hash([key, algorithms, runs, *trained_key])}")
     progress = StudyProgress(log, enabled=show_progress)
     progress.add(len(configs), sum(search_images(c) for c in configs.values()))
     entries, notes = [], []
@@ -352,6 +357,7 @@ def compare(
             }
         )
     finals = {a: [e["best"] for e in entries if e["algorithm"] == a and e["best"] is not None] for a in algorithms}
+    trained = _train_best(entries, paths.root, base, final_cfg, progress) if final_cfg else {}
     comparison = {
         "schema": SCHEMA_VERSION,
         "algorithms": algorithms,
@@ -362,11 +368,51 @@ def compare(
         "bands": {a: analysis.curve_band([e["curve"] for e in entries if e["algorithm"] == a]) for a in algorithms},
         "runs": entries,
         "notes": notes,
+        **(
+            {
+                "final": final_cfg.to_dict(),
+                "final_summary": {a: analysis.summary(v) for a, v in trained.items()},
+                "final_tests": analysis.compare_algorithms(trained),
+            }
+            if final_cfg
+            else {}
+        ),
         "run_config": base.to_dict(),
     }
     if _write_if_changed(paths.comparison, comparison) or not (paths.root / "best_so_far.png").exists():
         plots.draw_all(plots.load([paths.root]), paths.root)
     return paths.root, comparison
+
+
+def _train_best(entries, root: Path, base: RunConfig, final_cfg: FinalConfig, progress) -> dict[str, list[float]]:
+    """Fully train every run's best masks (``final.run_jobs``, no random ones, no dense); set each entry's
+    ``final_test_acc`` (mean over its masks and training seeds); return those per algorithm."""
+    fc = final_cfg.updated({"masks": final_cfg.masks or 1})
+    per_run = {}
+    for i, e in enumerate(entries):
+        run_jobs = final.run_jobs(os.path.normpath(root / e["run_dir"]), fc, dense=False)
+        per_run[i] = [j for j in run_jobs if j.kind == "found"]
+    jobs = [j for js in per_run.values() for j in js]
+    progress.add(len(jobs), sum(j.images for j in jobs))
+    on_disk = [j for j in jobs if j.path.exists()]
+    progress.skipped(len(on_disk), sum(j.images for j in on_disk))
+
+    def on_done(job: final.Job, record: dict[str, Any]) -> None:
+        acc = record["final_test_acc"]
+        what = f"test acc {acc:.4f}" if acc is not None else f"failed: {record['reason']}"
+        progress.finished(f"final {job.cfg.search.algorithm} seed {job.cfg.seed} #{job.index} {job.seed_label}: {what}",
+                          job.images)  # fmt: skip
+
+    records = final.execute(jobs, device=base.device, workers=base.workers, on_done=on_done)
+    by_path = {j.path: r for j, r in zip(jobs, records, strict=True)}
+    out: dict[str, list[float]] = {}
+    for i, e in enumerate(entries):
+        accs = [by_path[j.path]["final_test_acc"] for j in per_run[i]]
+        accs = [a for a in accs if a is not None]
+        e["final_test_acc"] = sum(accs) / len(accs) if accs else None
+        if accs:
+            out.setdefault(e["algorithm"], []).append(e["final_test_acc"])
+    return out
 
 
 def format_comparison(c: dict[str, Any]) -> str:
@@ -379,9 +425,18 @@ def format_comparison(c: dict[str, Any]) -> str:
     for alg, s in c["summary"].items():
         spread = "" if s["std"] is None else f" ± {s['std']:.4f}"
         lines.append(f"{alg:<10} {s['n']:>4}  {'-' if s['mean'] is None else format(s['mean'], '.4f')}{spread}")
-    for t in c["tests"]:
-        p = "n/a" if t["p_value"] is None else f"{t['p_value']:.3g}"
-        d = "n/a" if t["cliffs_delta"] is None else f"{t['cliffs_delta']:+.2f}"
-        note = f" ({t['note']})" if t["note"] else ""
-        lines.append(f"{t['algorithm']} vs {t['baseline']}: Mann-Whitney U p = {p}, Cliff's delta = {d}{note}")
+    lines += [_test_line(t) for t in c["tests"]]
+    if "final_summary" in c:
+        lines.append(f"{'algorithm':<10} {'runs':>4}  final test accuracy of the best masks, fully trained")
+        for alg, s in c["final_summary"].items():
+            spread = "" if s["std"] is None else f" ± {s['std']:.4f}"
+            lines.append(f"{alg:<10} {s['n']:>4}  {'-' if s['mean'] is None else format(s['mean'], '.4f')}{spread}")
+        lines += [_test_line(t, "final test accuracy: ") for t in c["final_tests"]]
     return "\n".join(lines + [f"note: {n}" for n in c["notes"]])
+
+
+def _test_line(t: dict[str, Any], prefix: str = "") -> str:
+    p = "n/a" if t["p_value"] is None else f"{t['p_value']:.3g}"
+    d = "n/a" if t["cliffs_delta"] is None else f"{t['cliffs_delta']:+.2f}"
+    note = f" ({t['note']})" if t["note"] else ""
+    return f"{prefix}{t['algorithm']} vs {t['baseline']}: Mann-Whitney U p = {p}, Cliff's delta = {d}{note}"

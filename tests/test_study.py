@@ -202,6 +202,20 @@ def test_compare_prints_p_values_and_draws_best_so_far(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_compare_final_train_tests_the_fully_trained_best_masks(tmp_path):
+    args = ["compare", *SMALL[:2], "--generations", "2", "--pop", "4", "--runs", "2", "--sparsity", "0.9"]
+    args += ["--train-images", "64", "--val-size", "100", "--workers", "1", "--quiet", "--runs-dir", str(tmp_path)]
+    result = invoke(*args, "--final-train", "--epochs", "1", "--final-seeds", "1")
+    folder = last_line(result)
+    assert "final test accuracy: ga vs weedout: Mann-Whitney U p = " in result.stdout
+    c = json.loads((folder / "comparison.json").read_text())
+    assert all(0 <= r["final_test_acc"] <= 1 for r in c["runs"]) and c["final"]["epochs"] == 1
+    assert {a: s["n"] for a, s in c["final_summary"].items()} == {"weedout": 2, "ga": 2}
+    assert len(list(tmp_path.rglob("found_0_seed0.json"))) == 4 and not list(tmp_path.rglob("random_*.json"))
+    refused = CliRunner().invoke(cli, [*args, "--epochs", "1"])
+    assert refused.exit_code == 2 and "need --final-train" in refused.stderr
+
+
 # --- the exact commands of the issue: worker processes, minutes on a busy 2-core machine ------------------------------
 
 
