@@ -285,14 +285,14 @@ def final(
     fc = build_final(preset or cfg.preset, opts)
     jobs = final_training.run_jobs(run_dir, fc, dense=not no_dense)
     progress = StudyProgress(_log, enabled=not quiet)
-    progress.add(len(jobs), sum(j.images for j in jobs))
+    progress.add(len(jobs), sum(j.work for j in jobs))
     on_disk = [j for j in jobs if j.path.exists()]
-    progress.skipped(len(on_disk), sum(j.images for j in on_disk))
+    progress.skipped(len(on_disk), sum(j.work for j in on_disk))
 
     def on_done(job, record):
         acc = record["final_test_acc"]
         what = f"test acc {acc:.4f}" if acc is not None else f"failed: {record['reason']}"
-        progress.finished(f"{job.kind} #{job.index} {job.seed_label}: {what}", job.images)
+        progress.finished(f"{job.kind} #{job.index} {job.seed_label}: {what}", job.work)
 
     records = final_training.execute(
         jobs, device=device or cfg.device, workers=cfg.workers if workers is None else workers, on_done=on_done

@@ -91,8 +91,9 @@ def parse_list(text: str, option: str, kind=float) -> list:
 class StudyProgress:
     """One stderr line per finished step: steps done, share of the work, elapsed time and an ETA.
 
-    Work is counted in training images (a search evaluation's budget, a full training's epochs); the ETA is the rate
-    of the work computed in this process applied to the work left (steps already on disk cost nothing)."""
+    Work is counted in training images (a search evaluation's budget, a full training's epochs) weighted by the
+    network's cost per image (``final.training_cost``: a dense network costs ~10x one at 0.9 sparsity); the ETA is
+    the rate of the work computed in this process applied to the work left (steps already on disk cost nothing)."""
 
     def __init__(self, log: Callable[[str], None], *, enabled: bool = True):
         self.log, self.enabled = log, enabled
@@ -100,21 +101,21 @@ class StudyProgress:
         self.steps = self.steps_done = 0
         self.start = time.perf_counter()
 
-    def add(self, steps: int, images: int) -> None:
+    def add(self, steps: int, work: float) -> None:
         self.steps += steps
-        self.total += images
+        self.total += work
 
-    def skipped(self, steps: int, images: int) -> None:
+    def skipped(self, steps: int, work: float) -> None:
         """``steps`` found done on disk: counted as done, one line for all of them."""
         self.steps_done += steps
-        self.done += images
+        self.done += work
         if steps and self.enabled:
             self.log(f"[study] {steps} final trainings already on disk")
 
-    def finished(self, what: str, images: int, *, computed: bool = True) -> None:
+    def finished(self, what: str, work: float, *, computed: bool = True) -> None:
         self.steps_done += 1
-        self.done += images
-        self.computed += images if computed else 0
+        self.done += work
+        self.computed += work if computed else 0
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.start
@@ -127,10 +128,19 @@ class StudyProgress:
         )
 
 
-def search_images(cfg: RunConfig) -> int:
-    """Training images a search of ``cfg`` processes (an upper bound for the GA)."""
+def search_work(cfg: RunConfig) -> float:
+    """Work of a search of ``cfg`` (``StudyProgress``): its training images (an upper bound for the GA) times cost."""
     s = cfg.search
-    return (s.population + (s.generations - 1) * (s.population - s.survivors)) * cfg.train.train_images
+    return (s.population + (s.generations - 1) * (s.population - s.survivors)) * cfg.train.train_images * _cost(cfg)
+
+
+def _cost(cfg: RunConfig, sparsity: float | None = None) -> float:
+    """``final.training_cost`` of ``cfg``'s network at its (or the given) sparsity, by layerwise counts."""
+    from evo_sparse.runs import layout_of
+
+    layout = layout_of(cfg)
+    s = cfg.search.sparsity if sparsity is None else sparsity
+    return final.training_cost(cfg, dict(zip(layout.names, layout.layerwise_counts(s), strict=True)))
 
 
 def _search_done(cfg: RunConfig) -> bool:
@@ -140,9 +150,10 @@ def _search_done(cfg: RunConfig) -> bool:
     return path.exists() and read_json(path, "checkpoint").get("next_generation", 0) >= cfg.search.generations
 
 
-def _job_images(cfg: RunConfig, fc: FinalConfig, kind: str) -> int:
+def _job_work(cfg: RunConfig, fc: FinalConfig, kind: str) -> float:
     per_epoch = train_split_size(cfg) // fc.batch_size * fc.batch_size
-    return fc.epochs * per_epoch + (0 if kind == "found" else cfg.train.train_images)
+    images = fc.epochs * per_epoch + (0 if kind == "found" else cfg.train.train_images)
+    return images * _cost(cfg, 0.0 if kind == "dense" else None)
 
 
 # --- the paper experiment ---------------------------------------------------------------------------------------------
@@ -189,26 +200,26 @@ def paper(
         jobs = 2 * k * fc.seeds
         progress.add(
             1 + jobs,
-            search_images(cfg) + k * fc.seeds * (_job_images(cfg, fc, "found") + _job_images(cfg, fc, "random")),
+            search_work(cfg) + k * fc.seeds * (_job_work(cfg, fc, "found") + _job_work(cfg, fc, "random")),
         )
     for cfg in dense_cfgs:
-        progress.add(fc.seeds, fc.seeds * _job_images(cfg, fc, "dense"))
+        progress.add(fc.seeds, fc.seeds * _job_work(cfg, fc, "dense"))
 
     jobs: list[final.Job] = []
     for (s, seed), cfg in sorted(configs.items()):
         was_done = _search_done(cfg)
         run_dir = execute(cfg, log=log, show_progress=show_progress)
-        progress.finished(f"search s={s:g} seed {seed}", search_images(cfg), computed=not was_done)
+        progress.finished(f"search s={s:g} seed {seed}", search_work(cfg), computed=not was_done)
         jobs += final.run_jobs(run_dir, fc, dense=False)
     for cfg in dense_cfgs:
         jobs += final.dense_jobs(cfg, runs_dir, fc)
     on_disk = [j for j in jobs if j.path.exists()]
-    progress.skipped(len(on_disk), sum(j.images for j in on_disk))
+    progress.skipped(len(on_disk), sum(j.work for j in on_disk))
 
     def on_done(job: final.Job, record: dict[str, Any]) -> None:
         acc = record["final_test_acc"]
         result = f"test acc {acc:.4f}" if acc is not None else f"failed: {record['reason']}"
-        progress.finished(f"final {job.kind} #{job.index} s={job.sparsity:g} {job.seed_label}: {result}", job.images)
+        progress.finished(f"final {job.kind} #{job.index} s={job.sparsity:g} {job.seed_label}: {result}", job.work)
 
     records = final.execute(jobs, device=base.device, workers=base.workers, on_done=on_done)
     rows = [table_row(r, paths.root) for r in records]
@@ -335,12 +346,12 @@ def compare(
     trained_key = [final_cfg.final_hash(), final_cfg.masks or 1, final_cfg.seeds] if final_cfg else []
     paths = StudyPaths(Path(base.runs_dir) / f"compare_{_hash([key, algorithms, runs, *trained_key])}")
     progress = StudyProgress(log, enabled=show_progress)
-    progress.add(len(configs), sum(search_images(c) for c in configs.values()))
+    progress.add(len(configs), sum(search_work(c) for c in configs.values()))
     entries, notes = [], []
     for (alg, seed), cfg in configs.items():
         was_done = _search_done(cfg)
         folder = execute(cfg, log=log, show_progress=show_progress)
-        progress.finished(f"{alg} seed {seed}", search_images(cfg), computed=not was_done)
+        progress.finished(f"{alg} seed {seed}", search_work(cfg), computed=not was_done)
         journal = sorted(read_jsonl(RunPaths(folder).evaluations, repair=False), key=lambda r: (r["gen"], r["index"]))
         curve = analysis.best_so_far([r.get("fitness") if r.get("status") == "ok" else None for r in journal])[:budget]
         if len(curve) < budget:
@@ -393,15 +404,15 @@ def _train_best(entries, root: Path, base: RunConfig, final_cfg: FinalConfig, pr
         run_jobs = final.run_jobs(os.path.normpath(root / e["run_dir"]), fc, dense=False)
         per_run[i] = [j for j in run_jobs if j.kind == "found"]
     jobs = [j for js in per_run.values() for j in js]
-    progress.add(len(jobs), sum(j.images for j in jobs))
+    progress.add(len(jobs), sum(j.work for j in jobs))
     on_disk = [j for j in jobs if j.path.exists()]
-    progress.skipped(len(on_disk), sum(j.images for j in on_disk))
+    progress.skipped(len(on_disk), sum(j.work for j in on_disk))
 
     def on_done(job: final.Job, record: dict[str, Any]) -> None:
         acc = record["final_test_acc"]
         what = f"test acc {acc:.4f}" if acc is not None else f"failed: {record['reason']}"
         progress.finished(f"final {job.cfg.search.algorithm} seed {job.cfg.seed} #{job.index} {job.seed_label}: {what}",
-                          job.images)  # fmt: skip
+                          job.work)  # fmt: skip
 
     records = final.execute(jobs, device=base.device, workers=base.workers, on_done=on_done)
     by_path = {j.path: r for j, r in zip(jobs, records, strict=True)}
