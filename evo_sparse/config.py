@@ -291,9 +291,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search.generations": 3,
         "search.sparsity": 0.5,
     },
-    # Real CIFAR-10 on a 2-core CPU: the README's 10 x 20 run in about a quarter of an hour. WRN-16-2 at 80% node
-    # sparsity compacts to widths 3/6/13/26, so one brief training (4,096 images) takes seconds.
-    "cpu": {},
+    # Real CIFAR-10 on a 2-core CPU: the README's 10 x 20 run in minutes. WRN-16-2 at 80% node sparsity compacts to
+    # widths 3/6/13/26, so one brief training (4,096 images) takes seconds. Packs of 2: a run's generations took
+    # 1.39x less time than one network at a time on 2 workers (benchmarks/pack_bench.py; packs of 5: 1.49x, but
+    # they would leave workers idle on more cores: a later generation has 10 evaluations, 5 packs of 2).
+    "cpu": {"train.pack": 2},
     # GPU scale: the reference study's regime (an overparameterized WRN, population 20, brief training of about
     # two epochs per individual).
     "paper": {

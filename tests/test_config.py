@@ -83,8 +83,8 @@ def test_from_dict_rejects_a_group_that_is_not_an_object():
 
 def test_default_config_has_no_hashed_items():
     assert RunConfig().hashed_items() == {}
-    assert config.preset("cpu").hashed_items() == {}  # the cpu preset is the defaults
-    assert config.preset("cpu").run_hash() == RunConfig().run_hash()
+    assert config.preset("cpu").hashed_items() == {"train.pack": 2}  # the defaults, trained in packs of 2
+    assert config.preset("cpu").updated({"train.pack": 1}).run_hash() == RunConfig().run_hash()
 
 
 def test_run_hash_differs_between_presets():
