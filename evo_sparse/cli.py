@@ -48,6 +48,7 @@ RUN_OPTIONS: dict[str, tuple[str, click.ParamType]] = {
     "label-smoothing": ("train.label_smoothing", click.FLOAT),
     "val-images": ("train.val_images", click.INT),
     "pack": ("train.pack", click.INT),
+    "compile": ("train.compile", click.BOOL),
     "dataset": ("data.dataset", click.Choice(DATASETS)),
     "data": ("data.path", click.STRING),
     "val-size": ("data.val_size", click.INT),
@@ -110,9 +111,16 @@ def build_config(preset_name: str | None, options: dict) -> RunConfig:
     return cfg.validate()
 
 
+def _run_option(name: str, key: str, kind: click.ParamType):
+    """One of RUN_OPTIONS as a click option (a flag for a boolean); None when not given, so the preset's value holds."""
+    if kind is click.BOOL:
+        return click.option(f"--{name}", is_flag=True, default=None, help=field_help(key))
+    return click.option(f"--{name}", type=kind, default=None, help=field_help(key))
+
+
 def run_options(fn):
     for name, (key, kind) in reversed(RUN_OPTIONS.items()):
-        fn = click.option(f"--{name}", type=kind, default=None, help=field_help(key))(fn)
+        fn = _run_option(name, key, kind)(fn)
     return click.option(
         "--preset",
         type=click.Choice(list(PRESETS)),
@@ -253,7 +261,7 @@ def some_run_options(*excluded: str):
     def decorate(fn):
         for name, (key, kind) in reversed(RUN_OPTIONS.items()):
             if name not in excluded:
-                fn = click.option(f"--{name}", type=kind, default=None, help=field_help(key))(fn)
+                fn = _run_option(name, key, kind)(fn)
         help_text = "named settings (default: paper with CUDA, else cpu)"
         return click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help=help_text)(fn)
 

@@ -58,6 +58,11 @@ class TrainConfig:
     label_smoothing: float = _f(0.1, "label smoothing; steadies very short trainings")
     val_images: int = _f(0, "validation images used for fitness; 0 = all of the validation split")
     eval_batch_size: int = _f(500, "batch size when measuring validation accuracy")
+    compile: bool = _f(
+        False,
+        "CUDA only: torch.compile each network's training step (compiles once per network shape; fused kernels round "
+        "differently, so it is part of what a fitness value is)",
+    )
     pack: int = _f(
         1,
         "individuals trained together as one batched network (grouped convolutions), 1 = one at a time; layerwise "

@@ -26,7 +26,7 @@ from evo_sparse.data import normalize
 from evo_sparse.errors import EvoSparseError
 from evo_sparse.masks import Mask, compact_state
 from evo_sparse.seeds import derive
-from evo_sparse.train import CHECK_EVERY, BatchStream, autocast, prepare, scheduled_batches
+from evo_sparse.train import CHECK_EVERY, BatchStream, autocast, forward_of, prepare, scheduled_batches
 
 _SHARED = "num_batches_tracked"  # the one state entry that is not per individual (every member counts the same steps)
 
@@ -187,6 +187,7 @@ def train_population(model: PopulationWRN, stream: BatchStream, cfg: TrainConfig
     device = model.stem.weight.device
     model = _prepare(model, device)
     opt = make_optimizer(model, cfg)
+    forward = forward_of(model, cfg)
     check_every = CHECK_EVERY.get(device.type, 1)
     steps, p = len(stream.x), model.population
     tail = max(1, steps // 4)
@@ -198,7 +199,7 @@ def train_population(model: PopulationWRN, stream: BatchStream, cfg: TrainConfig
     start = time.perf_counter()
     for step, x, y in scheduled_batches(stream, opt, cfg, device):
         with autocast(device):
-            losses = member_losses(model(x), y, cfg.label_smoothing)
+            losses = member_losses(forward(x), y, cfg.label_smoothing)
         finite &= torch.isfinite(losses)
         dead: list[int] = []
         if ((step + 1) % check_every == 0 or step == steps - 1) and not bool((finite | ~alive).all()):

@@ -31,7 +31,7 @@ import torch
 
 from evo_sparse import __version__, checkpoint, models
 from evo_sparse.config import RunConfig
-from evo_sparse.errors import EvoSparseError, FailedEvaluationsError, RunStateError
+from evo_sparse.errors import ConfigError, EvoSparseError, FailedEvaluationsError, RunStateError
 from evo_sparse.masks import ENCODING_PREFIX, Layout, Mask
 from evo_sparse.progress import Progress
 from evo_sparse.search import Hooks, SearchState, evolve, make_toolbox
@@ -249,6 +249,10 @@ def execute(
         log(f"run already finished: {paths.root}")
         return paths.root
     device = None if cfg.backend == "ray" else resolve_device(cfg.device)  # on Ray, the cluster's devices count
+    if cfg.train.compile and device is not None and device.type != "cuda":
+        raise ConfigError(
+            f"--compile is for CUDA devices, not {device} (on a CPU it was measured to gain nothing); drop it"
+        )
     where = backends.plan(cfg, device)
     splits = load_splits(cfg, log)  # also decodes and caches the data once, before any worker starts
     with folder_lock(paths.lock):

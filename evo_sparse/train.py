@@ -84,6 +84,11 @@ def prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+def forward_of(model: nn.Module, cfg: TrainConfig):
+    """What the training loop calls: ``model``, or ``torch.compile(model)`` with ``--compile`` (parameters shared)."""
+    return torch.compile(model) if cfg.compile else model
+
+
 # How often the loss is checked for NaN/inf: every step on the CPU; on CUDA each check waits for the device.
 CHECK_EVERY = {"cpu": 1, "cuda": 50}
 
@@ -103,6 +108,7 @@ def train(model: nn.Module, stream: BatchStream, cfg: TrainConfig) -> TrainResul
     device = next(model.parameters()).device
     model = prepare(model, device)
     opt = make_optimizer(model, cfg)
+    forward = forward_of(model, cfg)
     check_every = CHECK_EVERY.get(device.type, 1)
     finite = torch.ones((), dtype=torch.bool, device=device)
     steps = len(stream.x)
@@ -112,7 +118,7 @@ def train(model: nn.Module, stream: BatchStream, cfg: TrainConfig) -> TrainResul
     start = time.perf_counter()
     for step, x, y in scheduled_batches(stream, opt, cfg, device):
         with autocast(device):
-            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(forward(x), y, label_smoothing=cfg.label_smoothing)
         finite &= torch.isfinite(loss)
         if (step + 1) % check_every == 0 or step == steps - 1:
             if not finite:

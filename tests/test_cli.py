@@ -165,3 +165,23 @@ def test_ga_run_keeps_exact_sparsity(tmp_path):
     assert all(0 < e["nevals"] <= 3 for e in summary["logbook"][1:])  # only changed offspring are evaluated
     for entry in summary["population"]:
         assert tuple(Mask.decode(layout, entry["mask"]).widths().values()) == layout.layerwise_counts(0.8)
+
+
+def test_compile_is_a_flag_for_cuda_and_stops_on_the_cpu(tmp_path, monkeypatch):
+    args = ["run", "--preset", "smoke", "--device", "cpu", "--runs-dir", str(tmp_path), "--quiet"]
+    result = CliRunner().invoke(cli, [*args, "--compile"])
+    assert result.exit_code == 2 and "--compile is for CUDA devices" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_compile_wraps_the_training_step(monkeypatch):
+    import torch
+
+    from evo_sparse.config import TrainConfig
+    from evo_sparse.train import forward_of
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda m: seen.append(m) or m)
+    net = torch.nn.Linear(2, 2)
+    assert forward_of(net, TrainConfig()) is net and not seen
+    assert forward_of(net, TrainConfig(compile=True)) is net and seen == [net]
