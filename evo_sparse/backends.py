@@ -2,11 +2,12 @@
 one per GPU) or ``ray`` (tasks on a Ray cluster, local or remote). ``plan`` picks one from the config.
 
 Every backend plugs into DEAP as ``toolbox.map`` and yields records in input order; ``unordered`` yields
-``(position, record)`` as evaluations finish, so the run journals each one at once. A task is a pack of ``--pack``
-consecutive individuals, trained together (``population``); with the default of 1, one evaluation. A fitness value
-depends only on (config, seed, mask): on the CPU every evaluation runs with ``CPU_THREADS`` intra-op threads wherever
-it runs (thread count changes float summation order, hence results), each worker builds the very same ``Evaluator``
-from the run's config, and a pack always trains exactly ``--pack`` networks (padded when fewer are left).
+``(position, record)`` as evaluations finish, so the run journals each one at once. A task is a pack: the
+individuals at ``--pack`` consecutive places of the generation, trained together (``population``); with the default
+of 1, one evaluation. A fitness value depends only on (config, seed, mask): on the CPU every evaluation runs with
+``CPU_THREADS`` intra-op threads wherever it runs (thread count changes float summation order, hence results), each
+worker builds the very same ``Evaluator`` from the run's config, and a pack always trains exactly ``--pack``
+networks, each individual at the slot its place gives (empty slots are filled with copies).
 
 A worker that dies (killed, out of memory, its machine lost) costs only the task it was running: that one is
 started again on another worker (a restarted process, or whichever Ray node has room), at most ``max_retries`` times,
