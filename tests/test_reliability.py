@@ -72,7 +72,9 @@ def test_twenty_kills_at_random_moments(tmp_path):
 
 
 def test_worker_processes_die_with_a_killed_run_and_ctrl_c_stops_cleanly(tmp_path):
-    options = {"runs_dir": tmp_path / "runs"}  # default workers: one process per core
+    # Default workers: one process per core. 8 generations (27 evaluations) leave seconds of work after the second
+    # row, so that the Ctrl-C lands mid-run even when a loaded machine slows this test's polling.
+    options = {"runs_dir": tmp_path / "runs", "generations": 8}
     killed = R.cycle(options, after_rows=1)
     assert killed.killed and killed.orphans == []
     if cpu_cores() > 1 and Path("/proc").is_dir():  # processes are found through Linux's /proc
