@@ -237,6 +237,8 @@ def _serve(conn, cfg_dict: dict[str, Any], parent: int, device: str) -> None:
     records)`` or ``("error", positions, exception)`` until the parent sends None or goes away."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held back during start-up (``_sigint_held``)
     startup: BaseException | None = None
     try:
         _evaluator(cfg_dict, device)  # now, so that data loading overlaps in all workers
@@ -260,18 +262,18 @@ def _serve(conn, cfg_dict: dict[str, Any], parent: int, device: str) -> None:
 
 
 @contextlib.contextmanager
-def _sigint_ignored():
-    """Ignore SIGINT while starting a worker: it inherits the ignored signal, so a Ctrl-C during its start-up (before
-    ``_serve`` ignores it too) does not reach it either."""
-    try:
-        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: the worker ignores it once ``_serve`` runs
-        handler = None
+def _sigint_held():
+    """Hold SIGINT back (blocked, not ignored) while starting a worker. The worker inherits the block, so a Ctrl-C
+    during its start-up stays pending there and is dropped when ``_serve`` ignores SIGINT and unblocks it; here it
+    stays pending too and arrives as KeyboardInterrupt when the block ends, instead of being lost."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing to hold
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        if handler is not None:
-            signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _how_it_ended(exitcode: int | None) -> str:
@@ -335,7 +337,7 @@ class _Worker:
         self.device = device
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_serve, args=(child, cfg_dict, os.getpid(), device), daemon=True)
-        with _sigint_ignored():
+        with _sigint_held():
             self.process.start()
         child.close()  # the parent keeps only its end, so a dead worker reads as EOF
 
