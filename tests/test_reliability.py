@@ -79,7 +79,7 @@ def test_worker_processes_die_with_a_killed_run_and_ctrl_c_stops_cleanly(tmp_pat
     assert killed.killed and killed.orphans == []
     if cpu_cores() > 1 and Path("/proc").is_dir():  # processes are found through Linux's /proc
         assert killed.children >= 2  # the worker processes (and multiprocessing's resource tracker) were there
-    stopped = R.cycle(options, after_rows=1, interrupt=True)
+    stopped = R.cycle(options, after_rows=1, delay=0.5, interrupt=True)  # mid-run, not at a row's very moment
     assert stopped.returncode == R.EXIT_INTERRUPTED and stopped.orphans == [], stopped.stderr
     assert stopped.stderr.strip().splitlines()[-1] == (
         "evo-sparse: interrupted; finished evaluations are saved, run the same command to resume"
