@@ -158,9 +158,7 @@ def _lost_records(cfg: RunConfig, task: Task, reason: str) -> Iterator[tuple[int
     from evo_sparse.fitness import lost_record
 
     positions, genomes, attempt = task
-    for position, genome in zip(positions, genomes, strict=True):
-        if position is not None:
-            yield position, _with_retries(lost_record(cfg, genome, reason), attempt)
+    return _finished(positions, [None if g is None else lost_record(cfg, g, reason) for g in genomes], attempt)
 
 
 # --- inside a worker (process or Ray) ---------------------------------------------------------------------------------

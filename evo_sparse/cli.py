@@ -294,13 +294,10 @@ def final(
     jobs = final_training.run_jobs(run_dir, fc, dense=not no_dense)
     progress = StudyProgress(_log, enabled=not quiet)
     progress.add(len(jobs), sum(j.work for j in jobs))
-    on_disk = [j for j in jobs if j.path.exists()]
-    progress.skipped(len(on_disk), sum(j.work for j in on_disk))
+    progress.skip_done(jobs)
 
     def on_done(job, record):
-        acc = record["final_test_acc"]
-        what = f"test acc {acc:.4f}" if acc is not None else f"failed: {record['reason']}"
-        progress.finished(f"{job.kind} #{job.index} {job.seed_label}: {what}", job.work)
+        progress.trained(f"{job.kind} #{job.index} {job.seed_label}", job, record)
 
     records = final_training.execute(
         jobs, device=device or cfg.device, workers=cfg.workers if workers is None else workers, on_done=on_done

@@ -112,6 +112,17 @@ class StudyProgress:
         if steps and self.enabled:
             self.log(f"[study] {steps} final trainings already on disk")
 
+    def skip_done(self, jobs: list[final.Job]) -> None:
+        """Count the final-training ``jobs`` whose result is already on disk as done."""
+        on_disk = [j for j in jobs if j.path.exists()]
+        self.skipped(len(on_disk), sum(j.work for j in on_disk))
+
+    def trained(self, label: str, job: final.Job, record: dict[str, Any]) -> None:
+        """The line of a finished final training: ``label``, then its test accuracy or why it failed."""
+        acc = record["final_test_acc"]
+        result = f"test acc {acc:.4f}" if acc is not None else f"failed: {record['reason']}"
+        self.finished(f"{label}: {result}", job.work)
+
     def finished(self, what: str, work: float, *, computed: bool = True) -> None:
         self.steps_done += 1
         self.done += work
@@ -213,13 +224,10 @@ def paper(
         jobs += final.run_jobs(run_dir, fc, dense=False)
     for cfg in dense_cfgs:
         jobs += final.dense_jobs(cfg, runs_dir, fc)
-    on_disk = [j for j in jobs if j.path.exists()]
-    progress.skipped(len(on_disk), sum(j.work for j in on_disk))
+    progress.skip_done(jobs)
 
     def on_done(job: final.Job, record: dict[str, Any]) -> None:
-        acc = record["final_test_acc"]
-        result = f"test acc {acc:.4f}" if acc is not None else f"failed: {record['reason']}"
-        progress.finished(f"final {job.kind} #{job.index} s={job.sparsity:g} {job.seed_label}: {result}", job.work)
+        progress.trained(f"final {job.kind} #{job.index} s={job.sparsity:g} {job.seed_label}", job, record)
 
     records = final.execute(jobs, device=base.device, workers=base.workers, on_done=on_done)
     rows = [table_row(r, paths.root) for r in records]
@@ -405,14 +413,11 @@ def _train_best(entries, root: Path, base: RunConfig, final_cfg: FinalConfig, pr
         per_run[i] = [j for j in run_jobs if j.kind == "found"]
     jobs = [j for js in per_run.values() for j in js]
     progress.add(len(jobs), sum(j.work for j in jobs))
-    on_disk = [j for j in jobs if j.path.exists()]
-    progress.skipped(len(on_disk), sum(j.work for j in on_disk))
+    progress.skip_done(jobs)
 
     def on_done(job: final.Job, record: dict[str, Any]) -> None:
-        acc = record["final_test_acc"]
-        what = f"test acc {acc:.4f}" if acc is not None else f"failed: {record['reason']}"
-        progress.finished(f"final {job.cfg.search.algorithm} seed {job.cfg.seed} #{job.index} {job.seed_label}: {what}",
-                          job.work)  # fmt: skip
+        run = f"{job.cfg.search.algorithm} seed {job.cfg.seed}"
+        progress.trained(f"final {run} #{job.index} {job.seed_label}", job, record)
 
     records = final.execute(jobs, device=base.device, workers=base.workers, on_done=on_done)
     by_path = {j.path: r for j, r in zip(jobs, records, strict=True)}
@@ -433,17 +438,18 @@ def format_comparison(c: dict[str, Any]) -> str:
         f"budget: {c['budget_evaluations']} fitness evaluations ({images:,} training images) per run",
         f"{'algorithm':<10} {'runs':>4}  best fitness at budget (mean ± std)",
     ]
-    for alg, s in c["summary"].items():
-        spread = "" if s["std"] is None else f" ± {s['std']:.4f}"
-        lines.append(f"{alg:<10} {s['n']:>4}  {'-' if s['mean'] is None else format(s['mean'], '.4f')}{spread}")
+    lines += [_summary_line(alg, s) for alg, s in c["summary"].items()]
     lines += [_test_line(t) for t in c["tests"]]
     if "final_summary" in c:
         lines.append(f"{'algorithm':<10} {'runs':>4}  final test accuracy of the best masks, fully trained")
-        for alg, s in c["final_summary"].items():
-            spread = "" if s["std"] is None else f" ± {s['std']:.4f}"
-            lines.append(f"{alg:<10} {s['n']:>4}  {'-' if s['mean'] is None else format(s['mean'], '.4f')}{spread}")
+        lines += [_summary_line(alg, s) for alg, s in c["final_summary"].items()]
         lines += [_test_line(t, "final test accuracy: ") for t in c["final_tests"]]
     return "\n".join(lines + [f"note: {n}" for n in c["notes"]])
+
+
+def _summary_line(alg: str, s: dict[str, Any]) -> str:
+    spread = "" if s["std"] is None else f" ± {s['std']:.4f}"
+    return f"{alg:<10} {s['n']:>4}  {'-' if s['mean'] is None else format(s['mean'], '.4f')}{spread}"
 
 
 def _test_line(t: dict[str, Any], prefix: str = "") -> str:
