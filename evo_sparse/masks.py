@@ -8,7 +8,9 @@ state cover both). Nothing here imports torch; gating and compaction work on the
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import itertools
 import math
 import random
 from collections.abc import Sequence
@@ -61,8 +63,9 @@ def sample(layout: Layout, sparsity: float, mode: str = "layerwise", rng: random
     """A uniformly random genome with an exact number of kept nodes.
 
     layerwise: every unit keeps ``layout.layerwise_counts(s)`` channels, chosen uniformly within the unit.
-    global: ``layout.global_count(s)`` nodes chosen uniformly over all units, then any empty unit takes one
-    node from a unit that keeps several (so no layer loses all its channels and the total stays exact).
+    global: uniform over all valid masks, those with ``layout.global_count(s)`` kept nodes in all and at least one
+    in every unit, by exact counting: each unit's count is drawn in turn with the exact probability of its share of
+    the valid masks, then its kept channels uniformly within it. Every draw comes from ``rng``.
     """
     rng = rng or random  # default: the module-level generator that DEAP draws from too
     bits = [0] * layout.size
@@ -71,21 +74,69 @@ def sample(layout: Layout, sparsity: float, mode: str = "layerwise", rng: random
             for i in rng.sample(range(start, stop), k):
                 bits[i] = 1
     elif mode == "global":
-        for i in rng.sample(range(layout.size), layout.global_count(sparsity)):
-            bits[i] = 1
-        _fill_empty_units(bits, layout, rng)
+        counts = _global_unit_counts(layout.sizes, layout.global_count(sparsity), rng)
+        for (start, stop), k in zip(layout.spans(), counts):
+            for i in rng.sample(range(start, stop), k):
+                bits[i] = 1
     else:
         raise MaskError(f"unknown sampling mode {mode!r}; use layerwise or global")
     return bits
 
 
-def _fill_empty_units(bits: list[int], layout: Layout, rng: random.Random) -> None:
-    spans = layout.spans()
-    for start, stop in spans:
-        if not any(bits[start:stop]):
-            donors = [i for a, b in spans if sum(bits[a:b]) > 1 for i in range(a, b) if bits[i]]
-            bits[rng.choice(donors)] = 0
-            bits[rng.randrange(start, stop)] = 1
+@functools.lru_cache(maxsize=64)
+def _completions(sizes: tuple[int, ...], total: int) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """Rows i = 0..len(sizes) of N(i, r): the ways to keep r nodes in units i.. with each unit keeping at least one.
+
+    Row i is ``(lo, values)`` with N(i, r) = values[r - lo]; it holds only the r that can remain after units ..i-1
+    kept one to all of their nodes out of ``total`` (every other r is 0, or never asked for). N(len(sizes), 0) = 1.
+    """
+    u = len(sizes)
+    before = [0, *itertools.accumulate(sizes)]  # nodes in units ..i-1
+    rows: list[tuple[int, tuple[int, ...]]] = [(0, ())] * (u + 1)
+    lo, hi = max(total - before[u], 0), min(total - u, 0)
+    rows[u] = (0, (1,)) if lo <= 0 <= hi else (0, ())
+    for i in range(u - 1, -1, -1):
+        c, (next_lo, nxt) = sizes[i], rows[i + 1]
+        next_hi = next_lo + len(nxt) - 1
+        weights = [math.comb(c, k) for k in range(c + 1)]
+        lo, hi = max(total - before[i], u - i), min(total - i, before[u] - before[i])
+        values = []
+        for r in range(lo, hi + 1):
+            ks = range(max(1, r - next_hi), min(c, r - next_lo) + 1)
+            values.append(sum(weights[k] * nxt[r - k - next_lo] for k in ks))
+        rows[i] = (lo, tuple(values))
+    return tuple(rows)
+
+
+def _count(rows, i: int, r: int) -> int:
+    """N(i, r) from ``_completions``' rows (0 outside the stored range)."""
+    lo, values = rows[i]
+    return values[r - lo] if 0 <= r - lo < len(values) else 0
+
+
+def _count_weights(sizes: tuple[int, ...], total: int, i: int, r: int):
+    """Yield (k, comb(C_i, k)·N(i+1, r-k)) for every count k > 0 unit i can keep of r remaining; they sum to N(i, r)."""
+    next_lo, nxt = _completions(sizes, total)[i + 1]
+    c = sizes[i]
+    for k in range(max(1, r - (next_lo + len(nxt) - 1)), min(c, r - next_lo) + 1):
+        yield k, math.comb(c, k) * nxt[r - k - next_lo]
+
+
+def _global_unit_counts(sizes: tuple[int, ...], total: int, rng) -> list[int]:
+    """Kept count per unit, drawn so the mask is uniform over valid masks with ``total`` kept (exact, no floats)."""
+    rows = _completions(sizes, total)
+    if _count(rows, 0, total) == 0:
+        raise MaskError(f"no mask keeps {total} of {sum(sizes)} nodes with at least one in each of {len(sizes)} units")
+    counts, r = [], total
+    for i in range(len(sizes)):
+        x = rng.randrange(_count(rows, i, r))  # walk the cumulative weights to the one holding x
+        for k, w in _count_weights(sizes, total, i, r):
+            x -= w
+            if x < 0:
+                counts.append(k)
+                break
+        r -= counts[-1]
+    return counts
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,16 @@
 
 import math
 import random
+from collections import Counter
+from fractions import Fraction
 from functools import partial
-from itertools import pairwise
+from itertools import combinations, pairwise
 
 import pytest
+from scipy.stats import chisquare
 
 from evo_sparse import models
-from evo_sparse.masks import ENCODING_PREFIX, Layout, Mask, MaskError, sample
+from evo_sparse.masks import ENCODING_PREFIX, Layout, Mask, MaskError, _count_weights, _global_unit_counts, sample
 from evo_sparse.search import mut_restart
 
 SPARSITIES = (0.0, 0.3, 0.5, 0.8, 0.9, 0.99)
@@ -78,12 +81,109 @@ def test_global_sampling_keeps_exact_total_and_one_per_unit(layout, sparsity):
         assert Mask(layout, tuple(bits)).sparsity == pytest.approx(1 - layout.global_count(sparsity) / layout.size)
 
 
-def test_global_sampling_fills_units_left_empty_at_high_sparsity():
-    # At 0.99 on WRN-16-8, 27 of 2,704 nodes are kept: the 16-channel stem is almost always empty before the repair.
+def test_global_sampling_keeps_every_unit_at_high_sparsity():
+    # At 0.99 on WRN-16-8, 27 of 2,704 nodes are kept: a draw over all nodes would almost always miss the stem.
     lay = layout_of(16, 8)
     for _ in range(50):
         counts = unit_counts(lay, sample(lay, 0.99, "global"))
         assert sum(counts) == 27 and min(counts) >= 1
+
+
+# --- global sampling is uniform over valid masks ----------------------------------------------------------------
+
+SMALL = Layout(("a", "b", "c"), (2, 3, 4))
+
+
+def valid_masks(layout: Layout, total: int) -> list[tuple[int, ...]]:
+    """Every mask of ``layout`` with ``total`` kept nodes and at least one per unit, by brute force."""
+    out = []
+    for kept in combinations(range(layout.size), total):
+        bits = tuple(int(i in kept) for i in range(layout.size))
+        if min(unit_counts(layout, bits)) >= 1:
+            out.append(bits)
+    return out
+
+
+def walk_probability(sizes: tuple[int, ...], total: int, counts) -> Fraction:
+    """The sampler's exact probability of drawing these unit counts: the product of its per-unit walk weights."""
+    p, r = Fraction(1), total
+    for i, k in enumerate(counts):
+        weights = dict(_count_weights(sizes, total, i, r))
+        p *= Fraction(weights.get(k, 0), sum(weights.values()))
+        r -= k
+    return p
+
+
+def test_global_sampling_is_uniform_over_valid_masks():
+    sparsity = 0.45  # keeps round(0.55 * 9) = 5 of 9 nodes: 98 valid masks
+    total = SMALL.global_count(sparsity)
+    valid = valid_masks(SMALL, total)
+    assert total == 5 and len(valid) == 98
+    rng = random.Random(0)
+    drawn = Counter(tuple(sample(SMALL, sparsity, "global", rng)) for _ in range(20_000))
+    assert set(drawn) == set(valid)  # only valid masks, and every one of them
+    assert chisquare([drawn[m] for m in valid]).pvalue > 0.001
+
+
+@pytest.mark.parametrize("total", range(3, 10))
+def test_global_unit_count_probabilities_are_exact(total):
+    # P(counts) = prod comb(C_i, k_i) / N(0, K) = (valid masks with these counts) / (valid masks), as exact fractions.
+    valid = valid_masks(SMALL, total)
+    assert sum(dict(_count_weights(SMALL.sizes, total, 0, total)).values()) == len(valid)  # N(0, K)
+    by_counts = Counter(tuple(unit_counts(SMALL, m)) for m in valid)
+    for counts, n in by_counts.items():
+        assert n == math.prod(math.comb(c, k) for c, k in zip(SMALL.sizes, counts))
+        assert walk_probability(SMALL.sizes, total, counts) == Fraction(n, len(valid))
+
+
+def keeps_one_probability(sizes: tuple[int, ...], total: int, unit: int) -> Fraction:
+    """P(``unit`` keeps exactly one node) over valid masks, from polynomials prod ((1+x)^C - 1): no sampler code."""
+
+    def valid_counts(cs) -> list[int]:  # coefficient r: ways to keep r nodes in units cs with each keeping >= 1
+        poly = [1]
+        for c in cs:
+            factor = [math.comb(c, k) for k in range(c + 1)]
+            factor[0] = 0
+            poly = [sum(p * factor[r - j] for j, p in enumerate(poly) if 0 <= r - j <= c) for r in range(len(poly) + c)]
+        return poly
+
+    others = sizes[:unit] + sizes[unit + 1 :]
+    return Fraction(sizes[unit] * valid_counts(others)[total - 1], valid_counts(sizes)[total])
+
+
+def test_global_sampling_matches_the_exact_keep_one_share_on_wrn10_1():
+    # The biased repair kept exactly one channel of a 16-channel unit in 0.527 of draws; uniform sampling gives ~0.425.
+    lay, sparsity, draws = layout_of(10, 1), 0.9, 20_000
+    total = lay.global_count(sparsity)
+    assert total == 22 and lay.sizes[:2] == (16, 16)
+    p = keeps_one_probability(lay.sizes, total, 0)
+    assert keeps_one_probability(lay.sizes, total, 1) == p  # the two 16-channel units are exchangeable
+    first = dict(_count_weights(lay.sizes, total, 0, total))
+    assert Fraction(first[1], sum(first.values())) == p  # the sampler's own weight for "unit 0 keeps one"
+    assert abs(p - Fraction(4255, 10_000)) < Fraction(1, 10_000)
+    rng = random.Random(0)
+    genomes = [sample(lay, sparsity, "global", rng) for _ in range(draws)]
+    for unit in (0, 1):
+        a, b = lay.spans()[unit]
+        share = sum(sum(g[a:b]) == 1 for g in genomes) / draws
+        assert abs(share - p) <= 4 * math.sqrt(p * (1 - p) / draws), (unit, share, float(p))
+
+
+def test_global_sampling_is_reproducible_from_a_seed():
+    lay = layout_of(16, 2)
+    for sparsity in (0.5, 0.9):
+        assert sample(lay, sparsity, "global", random.Random(11)) == sample(lay, sparsity, "global", random.Random(11))
+        assert sample(lay, sparsity, "global", random.Random(11)) != sample(lay, sparsity, "global", random.Random(12))
+    random.seed(5)
+    a = sample(lay, 0.9, "global")
+    random.seed(5)
+    assert sample(lay, 0.9, "global") == a  # default: the module-level generator
+
+
+@pytest.mark.parametrize("total", (1, 10))
+def test_global_unit_counts_refuse_a_total_no_valid_mask_has(total):
+    with pytest.raises(MaskError, match="no mask keeps"):
+        _global_unit_counts(SMALL.sizes, total, random.Random(0))
 
 
 def test_sampling_uses_the_given_rng_and_rejects_unknown_mode():
