@@ -3,9 +3,11 @@
 The unit of every test is a *mask*: its training seeds are averaged first, so that trainings of one mask are never
 counted as independent samples. Per sparsity: found vs random final test accuracy (mean ± std, two-sided Mann-Whitney
 U, Cliff's delta = the rank-biserial correlation), Kendall τ and Spearman ρ between early fitness and final accuracy
-with seeded percentile-bootstrap CIs, the noise ceiling (std of one mask's final accuracy across training seeds), and
-convergence (epochs to reach a target validation accuracy). GA vs Random Search: the best fitness within an equal
-budget of evaluations. Numbers that a sample too small (or constant) cannot give are None, with a note saying why.
+with seeded percentile-bootstrap CIs (early fitness: the held-out replicate's when every mask has one, free of the
+winner's curse of the search's own value, else the search's; ``early_measure`` says which), the noise ceiling (std of
+one mask's final accuracy across training seeds), and convergence (epochs to reach a target validation accuracy). GA vs
+Random Search: the best fitness within an equal budget of evaluations. Numbers that a sample too small (or constant)
+cannot give are None, with a note saying why.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from scipy import stats
 
 BOOTSTRAP = 2000  # resamples for the rank-correlation CIs
+EARLY_KEYS = {"heldout": "early_fitness_heldout", "search": "early_fitness"}  # early-fitness measure: its field
 TARGET_FRACTION = 0.95  # convergence target: this share of the mean final validation accuracy at that sparsity
 
 
@@ -113,13 +116,28 @@ def masks_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "seed": seed,
                 "kind": kind,
                 "index": index,
-                "early_fitness": rs[0].get("early_fitness"),
+                "early_fitness": rs[0].get("early_fitness"),  # as the search measured it
+                "early_fitness_heldout": _first(r.get("early_fitness_heldout") for r in rs),  # a replicate it never saw
                 "final_test_acc": float(np.mean([r["final_test_acc"] for r in rs])),
                 "test_accs": [r["final_test_acc"] for r in rs],
                 "val_curves": [r["val_acc"] for r in rs],
             }
         )
     return out
+
+
+def early_measure(masks: list[dict[str, Any]]) -> str:
+    """Which early fitness the early-vs-final statistics use: ``"heldout"`` (``early_fitness_heldout``, measured
+    under a replicate the search never saw) when every found and random mask has it, else ``"search"``
+    (``early_fitness``, the value selection picked the found masks by). One measure for all masks, never a mix."""
+    sparse = [m for m in masks if m["kind"] != "dense"]
+    return "heldout" if sparse and all(m.get("early_fitness_heldout") is not None for m in sparse) else "search"
+
+
+def _first(values) -> Any:
+    """The first value that is not None (None if none): a mask's held-out early fitness is the same in every row that
+    has one, and a row written before it existed has none."""
+    return next((v for v in values if v is not None), None)
 
 
 def epochs_to(curve: Sequence[float], target: float) -> int | None:
@@ -174,8 +192,11 @@ def analyse(rows: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
     """Every statistic of the study, per sparsity (``"dense"`` summarises the dense parent)."""
     masks = masks_of(rows)
     dense = [m for m in masks if m["kind"] == "dense"]
+    measure = early_measure(masks)
+    early = EARLY_KEYS[measure]
     out: dict[str, Any] = {
         "unit": "mask (final accuracy averaged over its training seeds)",
+        "early_measure": measure,
         "dense": summary([m["final_test_acc"] for m in dense]) | {"noise_ceiling": noise_ceiling(dense)},
         "sparsities": [],
     }
@@ -183,8 +204,9 @@ def analyse(rows: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
         found = [m for m in masks if m["sparsity"] == s and m["kind"] == "found"]
         random = [m for m in masks if m["sparsity"] == s and m["kind"] == "random"]
         test = two_groups([m["final_test_acc"] for m in found], [m["final_test_acc"] for m in random])
-        paired = [m for m in found + random if m["early_fitness"] is not None]
-        corr = rank_correlation([m["early_fitness"] for m in paired], [m["final_test_acc"] for m in paired], seed=seed)
+        paired = [m for m in found + random if m[early] is not None]
+        corr = rank_correlation([m[early] for m in paired], [m["final_test_acc"] for m in paired], seed=seed)
+        corr = {"early_measure": measure} | corr | {"masks": [_early_row(m) for m in found + random]}
         out["sparsities"].append(
             {
                 "sparsity": s,
@@ -201,6 +223,12 @@ def analyse(rows: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
             }
         )
     return out
+
+
+def _early_row(m: dict[str, Any]) -> dict[str, Any]:
+    """A mask's early fitness by both measures, and its final accuracy (a row of ``early_vs_final["masks"]``)."""
+    keys = ("kind", "seed", "index", "early_fitness", "early_fitness_heldout", "final_test_acc")
+    return {k: m.get(k) for k in keys}
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -251,7 +279,7 @@ def compare_algorithms(finals: dict[str, list[float]]) -> list[dict[str, Any]]:
 
 
 def format_analysis(a: dict[str, Any]) -> str:
-    """A few readable lines: per sparsity, found vs random and early-vs-final τ."""
+    """A few readable lines: per sparsity, found vs random and early-vs-final τ (with the early measure it used)."""
 
     def ms(s):
         if s["mean"] is None:
@@ -268,6 +296,7 @@ def format_analysis(a: dict[str, Any]) -> str:
         lines.append(
             f"sparsity {s['sparsity']:<5}  found {ms(s['found'])} (n={s['found']['n']})  random {ms(s['random'])} "
             f"(n={s['random']['n']})  p={num(s['p_value'])}  delta={num(s['cliffs_delta'], '+.2f')}  "
-            f"tau={num(c['kendall_tau'], '+.2f')}  noise std={num(s['noise_ceiling']['std'], '.4f')}"
+            f"tau={num(c['kendall_tau'], '+.2f')} ({c.get('early_measure', 'search')} early fitness)  "
+            f"noise std={num(s['noise_ceiling']['std'], '.4f')}"
         )
     return "\n".join(lines)

@@ -41,6 +41,7 @@ RUN_OPTIONS: dict[str, tuple[str, click.ParamType]] = {
     "depth": ("model.depth", click.INT),
     "width": ("model.width", click.INT),
     "train-images": ("train.train_images", click.INT),
+    "replicates": ("train.replicates", click.INT),
     "batch-size": ("train.batch_size", click.INT),
     "lr": ("train.lr", click.FLOAT),
     "warmup": ("train.warmup", click.FLOAT),
@@ -147,6 +148,11 @@ def run(preset: str | None, quiet: bool, **options):
         why = "CUDA found" if cfg.preset == "paper" else "no CUDA found; --preset paper is for GPUs"
         _log(f"preset: {cfg.preset} ({why})")
     folder = execute(cfg, log=_log, show_progress=not quiet)
+    if not quiet:
+        from evo_sparse.measurement import noise_line
+        from evo_sparse.runs import summarize
+
+        _log(noise_line(summarize(folder)["noise"]))
     click.echo(str(folder))
 
 
@@ -354,6 +360,59 @@ def compare(preset: str | None, algorithms: str, runs: int, final_train: bool, q
     fc = build_final(cfg.preset, final_opts) if final_train else None
     folder, comparison = run_compare(cfg, algorithms=names, runs=runs, final_cfg=fc, log=_log, show_progress=not quiet)
     click.echo(format_comparison(comparison))
+    click.echo(str(folder))
+
+
+@cli.command()
+@some_run_options("train-images", "lr", "sampling", "replicates", "generations", "pop", "keep", "algorithm")
+@click.option("--train-images", "budgets", default=None, help="comma-separated budgets (default: the preset's)")
+@click.option("--lr", "lrs", default=None, help="comma-separated peak learning rates (default: the preset's)")
+@click.option(
+    "--sampling", "samplings", default=None, help="comma-separated: layerwise, global (default: the preset's)"
+)
+@click.option("--masks", type=int, default=24, show_default=True, help="random masks drawn per sampling")
+@click.option("--replicates", type=int, default=3, show_default=True, help="trainings of each mask per setting")
+@click.option(
+    "--reference-epochs",
+    type=int,
+    default=0,
+    show_default=True,
+    help="also train every mask once by the preset's final recipe for this many epochs and rank against it; 0 = no",
+)
+@click.option(
+    "--target", type=float, default=0.7, show_default=True, help="reliability the report counts replicates to"
+)
+@click.option("--quiet", is_flag=True, help="no progress lines")
+def fidelity(
+    preset: str | None,
+    budgets: str | None,
+    lrs: str | None,
+    samplings: str | None,
+    masks: int,
+    replicates: int,
+    reference_epochs: int,
+    target: float,
+    quiet: bool,
+    **options,
+):
+    """Measure how much of a fitness value is the mask: M masks trained R times at each budget and rate; prints the
+    table, then the study folder last. Rerunning trains only what is missing."""
+    from evo_sparse import fidelity as study
+    from evo_sparse.study import parse_list
+
+    cfg = build_config(preset, options)
+    sampling_list = parse_list(samplings, "sampling", str) if samplings else [cfg.search.sampling]
+    bad = [s for s in sampling_list if s not in SAMPLINGS]
+    if bad:
+        raise ConfigError(f"--sampling must list {' or '.join(SAMPLINGS)}, not {bad[0]!r}")
+    settings = study.grid(
+        sampling_list,
+        parse_list(budgets, "train-images", int) if budgets else [cfg.train.train_images],
+        parse_list(lrs, "lr") if lrs else [cfg.train.lr],
+    )
+    plan = study.Plan(cfg, masks, replicates, settings, reference_epochs, target)
+    folder, report = study.execute(plan, log=_log, show_progress=not quiet)
+    click.echo(study.format_report(report))
     click.echo(str(folder))
 
 

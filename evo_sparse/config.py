@@ -50,6 +50,11 @@ class TrainConfig:
     """The brief training that scores one mask (its fidelity)."""
 
     train_images: int = _f(4096, "training images seen per fitness evaluation (the budget)")
+    replicates: int = _f(
+        1,
+        "trainings averaged per fitness, each a replicate with its own data order and augmentation (the parent "
+        "weights and the mask stay); the spread between them is the fitness noise the run reports",
+    )
     batch_size: int = _f(64, "minibatch size")
     lr: float = _f(0.2, "peak learning rate of the one-cycle schedule (linear up, linear down)")
     warmup: float = _f(0.25, "fraction of the steps spent warming the learning rate up")
@@ -209,6 +214,9 @@ class RunConfig:
         )
         _check(self.max_retries >= 0, "max-retries", f"must be 0 or more, not {self.max_retries}")
         _check(t.val_images >= 0 and t.eval_batch_size >= 1, "val-images", "must be 0 (all) or positive")
+        _check(
+            t.replicates >= 1, "replicates", f"must be at least 1 (1 = one training per fitness), not {t.replicates}"
+        )
         _check(t.pack >= 1, "pack", f"must be at least 1 (1 = one network at a time), not {t.pack}")
         _check(
             0 < self.data.val_size < 50_000 and self.data.val_size % 10 == 0,

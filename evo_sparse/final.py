@@ -4,9 +4,11 @@ each fully trained with one recipe (``FinalConfig``) from the parent's initial w
 Every network is the compacted sub-network ``fitness.Evaluator.build`` makes (the same parent weights the search
 scored), trained over whole epochs of the training split and measured on the validation split after every epoch and on
 the test split at the end. Its early fitness comes from the very same ``Evaluator`` (found masks: the search already
-recorded it). A training seed varies only the data order and augmentation; masks and initial weights stay, and every
-network under one training seed sees the same batches. One JSON file per network and seed, written atomically and
-skipped when present (names spelled once, here):
+recorded it), and ``early_fitness_heldout`` is the same mask's fitness under a replicate the search never saw
+(``heldout_replicate``): free of the winner's curse that selection puts on the search's values. A training seed varies
+only the data order and augmentation; masks and initial weights stay, and every network under one training seed sees
+the same batches. One JSON file per network and seed, written atomically and skipped when present (a file written before
+``early_fitness_heldout`` existed lacks it: read it as None), names spelled once, here:
 
 - ``<run>/final_<recipe hash>/final.json``: the recipe (``FinalConfig``).
 - ``<run>/final_<recipe hash>/<kind>_<index>_seed<training seed>.json``: one network (kind ``found`` or ``random``).
@@ -62,7 +64,9 @@ class Job:
     def images(self) -> int:
         """Training images this job will process (its share of a progress estimate)."""
         per_epoch = train_split_size(self.cfg) // self.final.batch_size * self.final.batch_size
-        return self.final.epochs * per_epoch + (0 if self.early else self.cfg.train.train_images)
+        brief = self.cfg.train.train_images  # one brief training: one replicate of a fitness
+        early = 0 if self.early else self.cfg.train.replicates * brief
+        return self.final.epochs * per_epoch + early + brief  # + the held-out replicate's early fitness
 
     @property
     def work(self) -> float:
@@ -202,8 +206,28 @@ def epoch_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) 
             yield xs[i : i + batch_size], ys[i : i + batch_size]
 
 
-def train_network(job: Job, evaluator, splits) -> dict[str, Any]:
-    """Fully train ``job``'s network; its record (``status`` failed with a ``reason`` if the loss diverged)."""
+def heldout_replicate(cfg: RunConfig) -> int:
+    """The replicate a run's search never trained under: it used replicates 0 .. R - 1 (``--replicates R``)."""
+    return cfg.train.replicates
+
+
+def heldout_evaluator(cfg: RunConfig, splits, device: torch.device | str = "cpu"):
+    """An ``Evaluator`` of ``cfg``'s fitness under only its held-out replicate (``heldout_replicate``)."""
+    from evo_sparse.fitness import Evaluator
+
+    return Evaluator(cfg, splits, device, replicates=[heldout_replicate(cfg)])
+
+
+def _fitness(record: dict[str, Any]) -> float | None:
+    return record.get("fitness") if record.get("status") == "ok" else None
+
+
+def train_network(job: Job, evaluator, splits, heldout=None) -> dict[str, Any]:
+    """Fully train ``job``'s network; its record (``status`` failed with a ``reason`` if the loss diverged).
+
+    ``early_fitness`` is the search's record (found masks) or ``evaluator``'s measure; ``early_fitness_heldout`` is
+    ``heldout``'s (default: ``heldout_evaluator`` of the job's config), None where that brief training failed.
+    """
     from evo_sparse import models
     from evo_sparse.data import normalize
     from evo_sparse.train import evaluate, make_optimizer
@@ -212,6 +236,9 @@ def train_network(job: Job, evaluator, splits) -> dict[str, Any]:
     f, cfg = job.final, job.cfg
     mask = Mask.decode(evaluator.layout, job.mask)
     early = job.early or evaluator.evaluate_mask(mask)
+    if heldout is None:
+        heldout = heldout_evaluator(cfg, splits, evaluator.device)
+    early_heldout = heldout.evaluate_mask(mask)
     params, macs = models.cost(cfg.model.depth, cfg.model.width, mask.widths())
     record: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
@@ -224,8 +251,10 @@ def train_network(job: Job, evaluator, splits) -> dict[str, Any]:
         "algorithm": None if job.kind == "dense" else cfg.search.algorithm,
         "params": params,
         "flops": macs,  # multiply-accumulates per 32x32 image, the pruning literature's "FLOPs"
-        "early_fitness": early.get("fitness") if early.get("status") == "ok" else None,
+        "early_fitness": _fitness(early),
         "early_from": "search" if job.early else "evaluator",
+        "early_fitness_heldout": _fitness(early_heldout),  # a replicate the search never saw: no winner's curse
+        "early_heldout_replicate": heldout_replicate(cfg),
         "epochs": f.epochs,
         "recipe": f.final_hash(),
         "mask": job.mask,
@@ -290,8 +319,12 @@ def _finish(curves, start, *, status="ok", reason=None, test_acc=None, test_loss
 _cache: dict[str, Any] = {}
 
 
-def _context(cfg: RunConfig, device: torch.device):
-    """(Evaluator, splits on the device) for ``cfg``, cached per data and per run (the last two runs)."""
+EVALUATORS_CACHED = 4  # the search's and the held-out evaluator of the last two runs
+
+
+def _context(cfg: RunConfig, device: torch.device, replicates: tuple[int, ...] | None = None):
+    """(Evaluator, splits on the device) for ``cfg`` under ``replicates`` (None: the search's own), cached per data
+    and per (run, replicates): the ``EVALUATORS_CACHED`` used last."""
     from evo_sparse.fitness import Evaluator
     from evo_sparse.runs import load_splits
 
@@ -303,17 +336,20 @@ def _context(cfg: RunConfig, device: torch.device):
         _cache["on_device"] = _cache["splits"].to(device)
         _cache["evaluators"] = {}
     evaluators = _cache["evaluators"]
-    key = repr((cfg.seed, cfg.model, cfg.train))
-    if key not in evaluators:
-        if len(evaluators) >= 2:
+    key = repr((cfg.seed, cfg.model, cfg.train, replicates))
+    if key in evaluators:
+        evaluators[key] = evaluators.pop(key)  # the most recently used goes last
+    else:
+        while len(evaluators) >= EVALUATORS_CACHED:
             evaluators.pop(next(iter(evaluators)))
-        evaluators[key] = Evaluator(cfg, _cache["splits"], device)
+        evaluators[key] = Evaluator(cfg, _cache["splits"], device, replicates=replicates)
     return evaluators[key], _cache["on_device"]
 
 
 def _work(job: Job, device: str = "cpu") -> dict[str, Any]:
     evaluator, splits = _context(job.cfg, torch.device(device))
-    return train_network(job, evaluator, splits)
+    heldout, _ = _context(job.cfg, torch.device(device), (heldout_replicate(job.cfg),))
+    return train_network(job, evaluator, splits, heldout)
 
 
 def _work_indexed(item: tuple[int, Job]) -> tuple[int, dict[str, Any]]:

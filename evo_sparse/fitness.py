@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,15 +57,53 @@ def parent_state(cfg: RunConfig) -> dict[str, torch.Tensor]:
         return models.WideResNet(cfg.model.depth, cfg.model.width).state_dict()
 
 
+@dataclass(frozen=True)
+class Replicate:
+    """What one re-measurement of a fitness changes, and nothing else: the training batches (order, crops, flips)
+    and the seed of any stray randomness. Replicate 0 is the one every run used before replicates existed; the
+    parent weights, the masks and the validation images are the same in every replicate."""
+
+    index: int
+    stream: BatchStream
+    train_seed: int
+
+    @classmethod
+    def draw(cls, cfg: RunConfig, splits: Splits, index: int) -> Replicate:
+        t = cfg.train
+        stream = BatchStream.draw(
+            splits.train_x,
+            splits.train_y,
+            total=t.train_images,
+            batch_size=t.batch_size,
+            seed=replicate_seed(cfg.seed, "batches", index),
+        )
+        return cls(index, stream, replicate_seed(cfg.seed, "train", index))
+
+
+def replicate_seed(seed: int, purpose: str, replicate: int) -> int:
+    """The seed of ``purpose`` in replicate ``replicate``; replicate 0 keeps the seed runs have always used."""
+    return derive(seed, purpose if replicate == 0 else f"{purpose}/replicate-{replicate}")
+
+
 class Evaluator:
     """Callable mapping a genome (flat 0/1 list) to a fitness record; see ``evaluate_mask``.
+
+    With ``--replicates R`` (or the explicit ``replicates`` indices) a fitness is the mean of R trainings, one per
+    ``Replicate``; ``combine`` says how their records merge.
 
     A fitness value is a pure function of (config, seed, mask), and with ``--pack`` P > 1 of the mask's slot too: a run
     trains the j-th evaluation of a generation as member ``j % P`` of a population of exactly P (filled with copies
     when fewer are at hand), because the batched kernels round by population size and slot, not by the other members.
     """
 
-    def __init__(self, cfg: RunConfig, splits: Splits, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        splits: Splits,
+        device: torch.device | str = "cpu",
+        *,
+        replicates: Sequence[int] | None = None,
+    ):
         self.cfg = cfg
         self.device = torch.device(device)
         if self.device.type == "cpu":
@@ -72,13 +113,8 @@ class Evaluator:
         self.param_units = models.WideResNet(cfg.model.depth, cfg.model.width).param_units()
         t = cfg.train
         splits = splits.to(self.device)
-        self.stream = BatchStream.draw(
-            splits.train_x,
-            splits.train_y,
-            total=t.train_images,
-            batch_size=t.batch_size,
-            seed=derive(cfg.seed, "batches"),
-        )
+        indices = range(t.replicates) if replicates is None else replicates
+        self.replicates = [Replicate.draw(cfg, splits, r) for r in indices]
         self.val_x, self.val_y = splits.validation(t.val_images)
         self.pack = pack_size(cfg)
 
@@ -98,19 +134,25 @@ class Evaluator:
 
     def evaluate_masks(self, masks: list[Mask | None]) -> list[dict[str, Any] | None]:
         """``evaluate_mask`` of each mask, in order (None for None); with ``--pack`` P > 1 mask ``j`` trains as member
-        ``j % P`` of the population ``masks[j - j % P : ...]`` (a member's value depends on its slot)."""
+        ``j % P`` of the population ``masks[j - j % P : ...]`` (a member's value depends on its slot). Each replicate
+        trains every mask before the next replicate starts; their records are merged by ``combine``."""
+        per_replicate = [self._evaluate_replicate(masks, rep) for rep in self.replicates]
+        return [None if m is None else combine([r[j] for r in per_replicate]) for j, m in enumerate(masks)]
+
+    def _evaluate_replicate(self, masks: list[Mask | None], rep: Replicate) -> list[dict[str, Any] | None]:
         if self.pack == 1:
-            return [None if m is None else self.evaluate_alone(m) for m in masks]
+            return [None if m is None else self.evaluate_alone(m, rep) for m in masks]
         from evo_sparse.population import evaluate_masks
 
-        return evaluate_masks(self, masks, chunk=self.pack, slots=True)
+        return evaluate_masks(self, masks, chunk=self.pack, slots=True, replicate=rep)
 
     def evaluate_genomes(self, genomes) -> list[dict[str, Any] | None]:
         """``evaluate_masks`` of flat 0/1 lists (None stays None)."""
         return self.evaluate_masks([None if g is None else Mask(self.layout, tuple(g)) for g in genomes])
 
-    def evaluate_alone(self, mask: Mask) -> dict[str, Any]:
-        """Train the sub-network briefly, on its own, and measure validation accuracy.
+    def evaluate_alone(self, mask: Mask, replicate: Replicate | None = None) -> dict[str, Any]:
+        """Train the sub-network briefly, on its own, under ``replicate`` (default: every replicate of this evaluator,
+        merged by ``combine``), and measure validation accuracy.
 
         Returns ``{"status", "fitness", "val_loss", "train_loss", "train_images", "batch_size", "seconds", "sparsity",
         "params", "macs", "reason"}``. Failures are records, not exceptions: a NaN/inf loss or accuracy, or any
@@ -120,22 +162,25 @@ class Evaluator:
         KeyboardInterrupt and EvoSparseError (a setting or the data is wrong, so every evaluation would fail alike)
         are raised, not recorded.
         """
+        if replicate is None:
+            return combine([self.evaluate_alone(mask, rep) for rep in self.replicates])
         start = time.perf_counter()
         params, macs = models.cost(self.cfg.model.depth, self.cfg.model.width, mask.widths())
         record: dict[str, Any] = {"sparsity": mask.sparsity, "params": params, "macs": macs}
         fault = faults.fitness_fault(self.cfg.seed, mask.encode())  # None unless a test injects failures
         full = batch_size = self.cfg.train.batch_size
         try:
-            scored = self._attempt(mask, self.stream, self.cfg.train, fault)
+            scored = self._attempt(mask, replicate.stream, replicate.train_seed, self.cfg.train, fault)
             if scored is None and full > 1:
                 batch_size = full // 2
-                scored = self._attempt(mask, *self._rebatched(batch_size), None if fault == "oom" else fault)
+                stream, train_cfg = self._rebatched(replicate.stream, batch_size)
+                scored = self._attempt(mask, stream, replicate.train_seed, train_cfg, None if fault == "oom" else fault)
             if scored is None:
                 reason = f"out of device memory at batch size {full}" + (f" and {batch_size}" if full > 1 else "")
                 return record | _failed(reason, start, 0, batch_size)
             acc, val_loss, result = scored
         except NonFiniteLoss as exc:
-            return record | _failed(str(exc), start, self.stream.images, batch_size)
+            return record | _failed(str(exc), start, replicate.stream.images, batch_size)
         except EvoSparseError:
             raise
         except Exception as exc:
@@ -154,11 +199,11 @@ class Evaluator:
             "reason": None,
         }
 
-    def _attempt(self, mask: Mask, stream: BatchStream, train_cfg: TrainConfig, fault: str | None):
+    def _attempt(self, mask: Mask, stream: BatchStream, train_seed: int, train_cfg: TrainConfig, fault: str | None):
         """(accuracy, validation loss, TrainResult), or None when the device ran out of memory (then freed)."""
         try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(derive(self.cfg.seed, "train"))  # any stray randomness is common to all individuals
+                torch.manual_seed(train_seed)  # any stray randomness is common to all individuals of a replicate
                 if fault == "fail":
                     raise RuntimeError(f"injected failure ({faults.ENV})")
                 if fault == "oom":
@@ -173,13 +218,51 @@ class Evaluator:
             torch.cuda.empty_cache()
         return None
 
-    def _rebatched(self, batch_size: int) -> tuple[BatchStream, TrainConfig]:
+    def _rebatched(self, stream: BatchStream, batch_size: int) -> tuple[BatchStream, TrainConfig]:
         """The same images in the same order, in batches of ``batch_size``, with the config to train on them."""
-        x, y = self.stream.x.flatten(0, 1), self.stream.y.flatten(0, 1)
+        x, y = stream.x.flatten(0, 1), stream.y.flatten(0, 1)
         n = len(y) // batch_size * batch_size
         stream = BatchStream(x[:n].view(-1, batch_size, *x.shape[1:]), y[:n].view(-1, batch_size))
         t = self.cfg.train
         return stream, dataclasses.replace(t, batch_size=batch_size, eval_batch_size=max(1, t.eval_batch_size // 2))
+
+
+def combine(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One fitness record from the records of its replicates (one record: itself, unchanged).
+
+    Several: ``fitness``, ``val_loss`` and ``train_loss`` are their means, ``train_images`` and ``seconds`` their
+    sums, ``replicate_fitness`` lists each replicate's fitness (None where it failed) and ``fitness_sd`` is their
+    sample standard deviation. A fitness is failed when any replicate failed (a mean of the survivors would be
+    biased); ``reason`` is the first failure's.
+    """
+    if len(records) == 1:
+        return records[0]
+    values = [r["fitness"] if r["status"] == OK else None for r in records]
+    failed = [r for r in records if r["status"] != OK]
+    merged = dict(records[0])
+    merged |= {
+        "train_images": sum(r["train_images"] for r in records),
+        "batch_size": min(r["batch_size"] for r in records),
+        "seconds": sum(r["seconds"] for r in records),
+        "replicate_fitness": values,
+    }
+    if failed:
+        return (
+            merged
+            | {k: None for k in ("fitness", "val_loss", "train_loss", "fitness_sd")}
+            | {
+                "status": FAILED,
+                "reason": failed[0]["reason"],
+            }
+        )
+    return merged | {
+        "status": OK,
+        "fitness": statistics.fmean(values),
+        "val_loss": statistics.fmean(r["val_loss"] for r in records),
+        "train_loss": statistics.fmean(r["train_loss"] for r in records),
+        "fitness_sd": statistics.stdev(values),
+        "reason": None,
+    }
 
 
 def _failed(reason: str, start: float, images: int, batch_size: int) -> dict[str, Any]:

@@ -5,7 +5,9 @@ was drawn from and holds the plotted numbers. Figures are drawn on matplotlib ``
 display needed); PDFs carry no creation date, so the same data gives the same files.
 
 - ``accuracy_vs_sparsity``: final test accuracy vs sparsity, dense / random / found, mean ± std over masks.
-- ``early_vs_final``: early fitness vs final test accuracy per mask, one panel per sparsity, Kendall τ in the title.
+- ``early_vs_final``: early fitness vs final test accuracy per mask, one panel per sparsity, Kendall τ in the title;
+  the early fitness is the one ``analysis.early_measure`` picks (held-out replicate, else as the search measured it),
+  named in the axis label and in the sidecar's ``early_measure``.
 - ``fitness_over_generations``: best and mean fitness per generation, per algorithm and sparsity (mean over seeds).
 - ``validation_curves``: validation accuracy per epoch of full training, found vs random (mean ± std).
 - ``cost_vs_accuracy``: parameters and FLOPs (multiply-accumulates) vs final test accuracy.
@@ -37,6 +39,10 @@ FIGURES = (
     "cost_vs_accuracy",
     "best_so_far",
 )
+EARLY_LABELS = {
+    "heldout": "early fitness, held-out replicate",
+    "search": "early fitness, as the search measured it",
+}
 COLORS = {"found": "tab:red", "random": "tab:blue", "dense": "black", "weedout": "tab:blue", "ga": "tab:orange"}
 RESULTS, STUDY, COMPARISON, RECIPE = "results.json", "study.json", "comparison.json", "final.json"
 
@@ -89,7 +95,7 @@ def draw_all(material: Material, out: str | Path) -> list[Path]:
     written = []
     if ok:
         written += [accuracy_vs_sparsity(ok, out), validation_curves(ok, out), cost_vs_accuracy(ok, out)]
-        if any(r.get("early_fitness") is not None and r["kind"] != "dense" for r in ok):
+        if early_masks(ok)[1]:
             written.append(early_vs_final(ok, out))
     if any(r["logbook"] for r in material.runs):
         written.append(fitness_over_generations(material.runs, out))
@@ -100,12 +106,12 @@ def draw_all(material: Material, out: str | Path) -> list[Path]:
     return written
 
 
-def _save(fig: Figure, out: Path, name: str, sources: list[str], data: Any) -> Path:
+def _save(fig: Figure, out: Path, name: str, sources: list[str], data: Any, **meta: Any) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out / f"{name}.png", dpi=150)
     fig.savefig(out / f"{name}.pdf", metadata={"CreationDate": None})
-    write_json(out / f"{name}.json", {"figure": name, "sources": sorted(set(sources)), "data": data})
+    write_json(out / f"{name}.json", {"figure": name, "sources": sorted(set(sources)), **meta, "data": data})
     return out / f"{name}.png"
 
 
@@ -140,20 +146,30 @@ def accuracy_vs_sparsity(rows: list[dict[str, Any]], out: Path) -> Path:
     return _save(fig, out, "accuracy_vs_sparsity", _sources(rows), data)
 
 
+def early_masks(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """(the early measure ``analysis.early_measure`` picks, the found and random masks that have it)."""
+    masks = analysis.masks_of(rows)
+    measure = analysis.early_measure(masks)
+    key = analysis.EARLY_KEYS[measure]
+    return measure, [m for m in masks if m["kind"] != "dense" and m[key] is not None]
+
+
 def early_vs_final(rows: list[dict[str, Any]], out: Path) -> Path:
-    """Early fitness vs final test accuracy per mask, a panel per sparsity with Kendall τ."""
-    masks = [m for m in analysis.masks_of(rows) if m["kind"] != "dense" and m["early_fitness"] is not None]
+    """Early fitness vs final test accuracy per mask, a panel per sparsity with Kendall τ; the early fitness is the
+    held-out replicate's when every mask has one, else the search's (the axis label and ``early_measure`` say)."""
+    measure, masks = early_masks(rows)
+    key = analysis.EARLY_KEYS[measure]
     levels = sorted({m["sparsity"] for m in masks})
     fig = Figure(figsize=(3.4 * len(levels), 3.3))
     axes = np.atleast_1d(fig.subplots(1, len(levels), squeeze=False)[0])
     data = []
     for ax, s in zip(axes, levels):
         here = [m for m in masks if m["sparsity"] == s]
-        corr = analysis.rank_correlation([m["early_fitness"] for m in here], [m["final_test_acc"] for m in here])
+        corr = analysis.rank_correlation([m[key] for m in here], [m["final_test_acc"] for m in here])
         for kind in ("random", "found"):
             pts = [m for m in here if m["kind"] == kind]
             ax.scatter(
-                [m["early_fitness"] for m in pts],
+                [m[key] for m in pts],
                 [m["final_test_acc"] for m in pts],
                 s=16,
                 color=COLORS[kind],
@@ -162,18 +178,20 @@ def early_vs_final(rows: list[dict[str, Any]], out: Path) -> Path:
             )
         tau = corr["kendall_tau"]
         ax.set_title(f"sparsity {s:g}: τ = {'n/a' if tau is None else f'{tau:+.2f}'} (n={corr['n']})", fontsize=9)
-        ax.set(xlabel="early fitness (validation accuracy)", ylabel="final test accuracy")
+        ax.set_xlabel(f"{EARLY_LABELS[measure]}\n(validation accuracy)", fontsize=9)
+        ax.set_ylabel("final test accuracy")
+        keys = ("kind", "seed", "index", "early_fitness", "early_fitness_heldout", "final_test_acc")
         data.append(
             {
                 "sparsity": s,
+                "early_measure": measure,
                 "kendall_tau": tau,
-                "points": [
-                    {k: m[k] for k in ("kind", "seed", "index", "early_fitness", "final_test_acc")} for m in here
-                ],
+                "points": [{k: m[k] for k in keys} for m in here],
             }
         )
     axes[0].legend(fontsize=8)
-    return _save(fig, out, "early_vs_final", _sources(rows), data)
+    meta = {"early_measure": measure, "early_label": EARLY_LABELS[measure]}
+    return _save(fig, out, "early_vs_final", _sources(rows), data, **meta)
 
 
 def fitness_over_generations(summaries: list[dict[str, Any]], out: Path) -> Path:
@@ -288,3 +306,51 @@ def best_so_far(comparison: dict[str, Any], out: Path) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     return _save(fig, out, "best_so_far", [r["run_dir"] for r in comparison["runs"]], comparison["bands"])
+
+
+def fidelity(report: dict[str, Any], out: Path) -> Path:
+    """Reliability of one training (ICC(1), with its 95% CI) and of the mean of the study's R replicates vs seconds
+    per training, a line per sampling and learning rate, each point labelled by its budget; with a reference, a
+    second panel of Kendall τ against the longer training."""
+    entries = [e for e in report["settings"] if e.get("icc") is not None and e.get("seconds_per_training")]
+    with_ref = any((e.get("reference") or {}).get("kendall_tau") is not None for e in entries)
+    fig = Figure(figsize=(10 if with_ref else 5.5, 4))
+    axes = fig.subplots(1, 2 if with_ref else 1, squeeze=False)[0]
+    lines: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for e in entries:
+        lines[(e["sampling"], e["lr"])].append(e)
+    for n, ((sampling, lr), es) in enumerate(sorted(lines.items())):
+        es = sorted(es, key=lambda e: e["seconds_per_training"])
+        x = [e["seconds_per_training"] for e in es]
+        color = f"C{n}"
+        label = f"{sampling}, lr {lr:g}"
+        lo = [e["icc"] - e["icc_ci"][0] if e["icc_ci"][0] is not None else 0 for e in es]
+        hi = [e["icc_ci"][1] - e["icc"] if e["icc_ci"][1] is not None else 0 for e in es]
+        axes[0].errorbar(x, [e["icc"] for e in es], yerr=[lo, hi], color=color, marker="o", capsize=3, label=label)
+        axes[0].plot(x, [e["reliability_of_mean"] for e in es], color=color, ls="--", marker="s", alpha=0.6)
+        for e in es:
+            axes[0].annotate(f"{e['train_images']:,}", (e["seconds_per_training"], e["icc"]), fontsize=7,
+                             textcoords="offset points", xytext=(4, -10))  # fmt: skip
+        if with_ref:
+            ok = [e for e in es if (e.get("reference") or {}).get("kendall_tau") is not None]
+            taus = [e["reference"]["kendall_tau"] for e in ok]
+            cis = [e["reference"]["kendall_tau_ci"] or [t, t] for e, t in zip(ok, taus)]
+            err = [[t - c[0] for t, c in zip(taus, cis)], [c[1] - t for t, c in zip(taus, cis)]]
+            xs = [e["seconds_per_training"] for e in ok]
+            axes[1].errorbar(xs, taus, yerr=err, color=color, marker="o", capsize=3, label=label)
+    r, m = report["replicates"], report["masks"]
+    axes[0].axhline(report["target"], color="grey", lw=0.8, ls=":")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("seconds per training (median)")
+    axes[0].set_ylabel(f"reliability: ICC(1) of one training (solid),\nmean of {r} replicates (dashed)")
+    axes[0].set_title(f"fitness reliability, {m} masks x {r} replicates", fontsize=10)
+    axes[0].legend(fontsize=8)
+    if with_ref:
+        axes[1].axhline(0, color="grey", lw=0.8)
+        axes[1].set_xscale("log")
+        axes[1].set_xlabel("seconds per training (median)")
+        axes[1].set_ylabel(f"Kendall τ with {report['reference_epochs']}-epoch test accuracy")
+        axes[1].set_title(f"rank agreement with the reference, n = {m} masks", fontsize=10)
+    data = [{k: e.get(k) for k in ("key", "sampling", "train_images", "lr", "icc", "icc_ci", "reliability_of_mean",
+                                   "seconds_per_training", "reference")} for e in entries]  # fmt: skip
+    return _save(fig, Path(out), "fidelity_reliability", [str(out)], data)

@@ -25,7 +25,6 @@ from evo_sparse.config import TrainConfig
 from evo_sparse.data import normalize
 from evo_sparse.errors import EvoSparseError
 from evo_sparse.masks import Mask, compact_state
-from evo_sparse.seeds import derive
 from evo_sparse.train import CHECK_EVERY, BatchStream, autocast, forward_of, prepare, scheduled_batches
 
 _SHARED = "num_batches_tracked"  # the one state entry that is not per individual (every member counts the same steps)
@@ -248,9 +247,10 @@ CPU_CHUNK = 4
 
 
 def evaluate_masks(
-    evaluator, masks: Sequence[Mask | None], chunk: int | None = None, slots: bool = False
+    evaluator, masks: Sequence[Mask | None], chunk: int | None = None, slots: bool = False, replicate=None
 ) -> list[dict[str, Any] | None]:
-    """``evaluator.evaluate_alone`` for every mask, trained together: records in input order, with the same keys.
+    """``evaluator.evaluate_alone`` for every mask under ``replicate`` (a ``fitness.Replicate``; default: the
+    evaluator's first), trained together: records in input order, with the same keys.
 
     Masks of equal ``widths()`` are trained as one population of at most ``chunk`` (default: ``CPU_CHUNK`` on the
     CPU, all of them elsewhere). With ``slots`` (how runs use it), mask ``j`` trains as member ``j % chunk`` of a
@@ -262,6 +262,7 @@ def evaluate_masks(
     else (and a mask given an injected fault) goes one by one through ``evaluator.evaluate_alone``, which records
     failures. EvoSparseError is raised.
     """
+    replicate = replicate or evaluator.replicates[0]
     size = chunk or (CPU_CHUNK if evaluator.device.type == "cpu" else max(1, len(masks)))
     alone = [j for j, m in enumerate(masks) if m is not None and _injected_fault(evaluator.cfg.seed, m)]
     pieces: list[list[int | None]]
@@ -284,7 +285,8 @@ def evaluate_masks(
             continue
         try:
             members = [masks[real[0] if j is None else j] for j in piece]
-            for j, record in zip(real, _evaluate_piece(evaluator, members, [j is not None for j in piece])):
+            trained = _evaluate_piece(evaluator, members, [j is not None for j in piece], replicate)
+            for j, record in zip(real, trained):
                 records[j] = record
             continue
         except EvoSparseError:
@@ -301,11 +303,12 @@ def evaluate_masks(
         else:
             alone += real
     for j in alone:
-        records[j] = evaluator.evaluate_alone(masks[j])  # alone, it retries at half the batch size when out of memory
+        # alone, it retries at half the batch size when out of memory
+        records[j] = evaluator.evaluate_alone(masks[j], replicate)
     return records
 
 
-def _evaluate_piece(evaluator, masks: list[Mask], real: list[bool]) -> list[dict[str, Any]]:
+def _evaluate_piece(evaluator, masks: list[Mask], real: list[bool], replicate) -> list[dict[str, Any]]:
     """Records of the ``real`` ones of ``masks`` (equal widths; the others fill the population), trained as one
     population; raises what building or training raises."""
     from evo_sparse.fitness import FAILED, OK  # here: fitness may come to import this module
@@ -314,11 +317,11 @@ def _evaluate_piece(evaluator, masks: list[Mask], real: list[bool]) -> list[dict
     start = time.perf_counter()
     params, macs = models.cost(cfg.model.depth, cfg.model.width, masks[0].widths())
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(derive(cfg.seed, "train"))  # any stray randomness is common to all individuals
+        torch.manual_seed(replicate.train_seed)  # any stray randomness is common to all individuals of a replicate
         model = PopulationWRN.from_masks(
             cfg.model.depth, cfg.model.width, evaluator.parent, evaluator.param_units, masks
         )
-        trained = train_population(model.to(dev), evaluator.stream, cfg.train)
+        trained = train_population(model.to(dev), replicate.stream, cfg.train)
         # eval_batch_size images per network, as one at a time: P times the images would outgrow the caches
         batch = max(1, cfg.train.eval_batch_size // len(masks))
         scores = evaluate_population(model, evaluator.val_x, evaluator.val_y, batch)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from evo_sparse.measurement import noise_line
+
 
 def _num(value: float | None, fmt: str = ".4f") -> str:
     return "-" if value is None else format(value, fmt)
@@ -23,6 +25,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"progress {s['generations_done']}/{s['generations']} generations, {state}",
         f"evals    {s['evaluations']} ({s['failed_evaluations']} failed), {s['train_images_per_eval']:,} training "
         f"images each, {_num(s['eval_seconds_mean'], '.1f')} s each on average",
+        noise_line(s["noise"]),
         "",
         f"{'gen':>4} {'nevals':>6} {'failed':>6} {'min':>7} {'avg':>7} {'max':>7}",
     ]

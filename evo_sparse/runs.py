@@ -33,6 +33,7 @@ from evo_sparse import __version__, checkpoint, models
 from evo_sparse.config import RunConfig
 from evo_sparse.errors import ConfigError, EvoSparseError, FailedEvaluationsError, RunStateError
 from evo_sparse.masks import ENCODING_PREFIX, Layout, Mask
+from evo_sparse.measurement import run_noise
 from evo_sparse.progress import Progress
 from evo_sparse.search import Hooks, SearchState, evolve, make_toolbox
 from evo_sparse.seeds import seed_everything
@@ -383,8 +384,11 @@ def summarize(folder: str | Path) -> dict[str, Any]:
             "macs": full_macs,
             "maskable_nodes": layout.size,
         },
-        "train_images_per_eval": cfg.train.train_images // cfg.train.batch_size * cfg.train.batch_size,
+        "train_images_per_eval": cfg.train.replicates
+        * (cfg.train.train_images // cfg.train.batch_size * cfg.train.batch_size),
         "eval_seconds_mean": float(np.mean([r["seconds"] for r in ok])) if ok else None,
+        "replicates": cfg.train.replicates,
+        "noise": run_noise(journal),
         "best": described(hof[0]) if hof else None,
         "hall_of_fame": [described(e) for e in hof],
         "logbook": [

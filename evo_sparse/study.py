@@ -44,6 +44,7 @@ ROW_KEYS = (
     "train_seed",
     "algorithm",
     "early_fitness",
+    "early_fitness_heldout",
     "final_test_acc",
     "final_val_acc",
     "best_val_acc",
@@ -95,8 +96,8 @@ class StudyProgress:
     network's cost per image (``final.training_cost``: a dense network costs ~10x one at 0.9 sparsity); the ETA is
     the rate of the work computed in this process applied to the work left (steps already on disk cost nothing)."""
 
-    def __init__(self, log: Callable[[str], None], *, enabled: bool = True):
-        self.log, self.enabled = log, enabled
+    def __init__(self, log: Callable[[str], None], *, enabled: bool = True, label: str = "study"):
+        self.log, self.enabled, self.label = log, enabled, label
         self.total = self.done = self.computed = 0
         self.steps = self.steps_done = 0
         self.start = time.perf_counter()
@@ -105,12 +106,12 @@ class StudyProgress:
         self.steps += steps
         self.total += work
 
-    def skipped(self, steps: int, work: float) -> None:
+    def skipped(self, steps: int, work: float, what: str = "final trainings") -> None:
         """``steps`` found done on disk: counted as done, one line for all of them."""
         self.steps_done += steps
         self.done += work
         if steps and self.enabled:
-            self.log(f"[study] {steps} final trainings already on disk")
+            self.log(f"[{self.label}] {steps} {what} already on disk")
 
     def skip_done(self, jobs: list[final.Job]) -> None:
         """Count the final-training ``jobs`` whose result is already on disk as done."""
@@ -134,7 +135,7 @@ class StudyProgress:
         eta = format_seconds(elapsed / self.computed * left) if self.computed else "?"
         share = self.done / self.total if self.total else 1.0
         self.log(
-            f"[study] {self.steps_done}/{self.steps} {what}  ({share:.0%} of the work, elapsed "
+            f"[{self.label}] {self.steps_done}/{self.steps} {what}  ({share:.0%} of the work, elapsed "
             f"{format_seconds(elapsed)}, ETA {eta})"
         )
 
@@ -256,7 +257,7 @@ def paper(
 
 def expected_figures(rows, configs) -> list[str]:
     names = ["accuracy_vs_sparsity", "validation_curves", "cost_vs_accuracy"] if rows else []
-    if any(r["kind"] != "dense" and r.get("early_fitness") is not None for r in rows):
+    if plots.early_masks([r for r in rows if r.get("status") == "ok" and r.get("final_test_acc") is not None])[1]:
         names.append("early_vs_final")
     return names + (["fitness_over_generations"] if configs else [])
 

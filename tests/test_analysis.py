@@ -11,7 +11,7 @@ from scipy import stats
 from evo_sparse import analysis
 
 
-def row(kind, index, final, *, sparsity=0.5, seed=0, train_seed=0, early=0.3, curve=None):
+def row(kind, index, final, *, sparsity=0.5, seed=0, train_seed=0, early=0.3, heldout=None, curve=None):
     return {
         "sparsity": sparsity,
         "seed": seed,
@@ -19,6 +19,7 @@ def row(kind, index, final, *, sparsity=0.5, seed=0, train_seed=0, early=0.3, cu
         "index": index,
         "train_seed": train_seed,
         "early_fitness": early,
+        "early_fitness_heldout": heldout,
         "final_test_acc": final,
         "val_acc": curve or [final / 2, final],
         "status": "ok",
@@ -81,6 +82,7 @@ def test_analyse_per_sparsity_found_vs_random():
     assert first["found"]["n"] == 4 and first["found_minus_random"] == pytest.approx(0.1)
     assert first["cliffs_delta"] == 1.0 and first["p_value"] < 0.05
     assert first["early_vs_final"]["kendall_tau"] == pytest.approx(1.0)  # early order = final order here
+    assert out["early_measure"] == first["early_vs_final"]["early_measure"] == "search"  # no held-out values
     assert first["noise_ceiling"]["std"] is None  # one training seed each
 
 
@@ -118,3 +120,39 @@ def test_vectorised_bootstrap_statistics_match_scipy():
     rho = [stats.spearmanr(x[i], y[i]).statistic for i in idx]
     assert np.allclose(boot["kendall_tau"], tau, equal_nan=True)
     assert np.allclose(boot["spearman_rho"], rho, equal_nan=True)
+
+
+def test_early_vs_final_uses_the_held_out_early_fitness_when_every_mask_has_one():
+    # the search's early fitness ranks the masks as their final accuracy does; the held-out one reverses the order
+    rows = [row("dense", 0, 0.9, sparsity=0.0, early=0.5)]  # the dense parent needs no held-out value
+    for i in range(4):
+        for kind, base in (("found", 0.7), ("random", 0.6)):
+            for t in (0, 1):
+                rows.append(
+                    row(kind, i, base + 0.01 * i, train_seed=t, early=base - 0.2 + 0.01 * i, heldout=0.5 - 0.01 * i)
+                )
+    out = analysis.analyse(rows)
+    corr = out["sparsities"][0]["early_vs_final"]
+    assert out["early_measure"] == corr["early_measure"] == "heldout"
+    final = [0.7 + 0.01 * i for i in range(4)] + [0.6 + 0.01 * i for i in range(4)]
+    held = [0.5 - 0.01 * i for i in range(4)] * 2
+    assert corr["n"] == 8 and corr["kendall_tau"] == pytest.approx(stats.kendalltau(held, final).statistic)
+    assert corr["kendall_tau"] < 0
+    masks = {(m["kind"], m["index"]): m for m in corr["masks"]}  # a mask's row keeps both measures
+    assert len(masks) == 8 and masks["found", 3]["early_fitness"] == pytest.approx(0.53)
+    assert masks["found", 3]["early_fitness_heldout"] == pytest.approx(0.47)
+    assert "(heldout early fitness)" in analysis.format_analysis(out)
+
+    del rows[1]["early_fitness_heldout"]  # found 0 under training seed 0 only, written before it existed
+    assert analysis.analyse(rows)["early_measure"] == "heldout"  # its other training seed's row has it
+
+    # one mask without a held-out value (a result from before it existed, or a failed re-measurement): the search's
+    # early fitness for every mask, never a mix of the two
+    for r in rows:
+        if (r["kind"], r["index"]) == ("random", 2):
+            del r["early_fitness_heldout"]
+    out = analysis.analyse(rows)
+    corr = out["sparsities"][0]["early_vs_final"]
+    assert out["early_measure"] == corr["early_measure"] == "search"
+    assert corr["n"] == 8 and corr["kendall_tau"] == pytest.approx(1.0)  # the search's order is the final one
+    assert corr["masks"][0]["early_fitness_heldout"] is not None  # still reported where there is one

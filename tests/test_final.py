@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 
 import pytest
 import torch
@@ -92,3 +93,59 @@ def test_a_diverging_training_is_a_failed_record_not_a_crash():
     json.dumps(record, allow_nan=False)  # storable as it is
     assert record["early_fitness"] == 0.1 and record["early_from"] == "search"
     assert math.isfinite(record["seconds"])
+
+
+def test_every_network_gets_its_early_fitness_again_under_a_replicate_the_search_never_saw(tmp_path):
+    cfg = preset("smoke").updated({"data.val_size": 100})
+    splits = load_splits(cfg, log=lambda _: None)
+    evaluator = Evaluator(cfg, splits)  # replicate 0: the one the search used
+    heldout = Evaluator(cfg, splits, "cpu", replicates=[cfg.train.replicates])
+    assert final.heldout_replicate(cfg) == 1 and [r.index for r in heldout.replicates] == [1]
+    layout = layout_of(cfg)
+    rng = random.Random(0)
+    masks = [Mask(layout, tuple(sample(layout, 0.5, rng=rng))) for _ in range(2)]
+    search = [evaluator.evaluate_mask(m)["fitness"] for m in masks]
+    again = [heldout.evaluate_mask(m)["fitness"] for m in masks]
+    assert search != again  # another data order, another value: a re-measurement, not a copy
+    recipe = final_preset("smoke").updated({"epochs": 1})
+    found = {"status": "ok", "fitness": search[0]}  # the search's record of a found mask
+    jobs = [
+        final.Job(cfg, recipe, "found", 0, 0, masks[0].encode(), 0.5, found, tmp_path / "f.json", "here"),
+        final.Job(cfg, recipe, "random", 1, 0, masks[1].encode(), 0.5, None, tmp_path / "r.json", "here"),
+    ]
+    found_record = final.train_network(jobs[0], evaluator, splits)  # builds the held-out evaluator itself
+    random_record = final.train_network(jobs[1], evaluator, splits, heldout)
+    for record, i in ((found_record, 0), (random_record, 1)):
+        assert record["status"] == "ok" and record["final_test_acc"] is not None
+        assert record["early_fitness"] == search[i] and record["early_fitness_heldout"] == again[i]
+        assert record["early_heldout_replicate"] == 1
+    assert (found_record["early_from"], random_record["early_from"]) == ("search", "evaluator")
+    # the progress estimate counts the brief trainings: the held-out one always, the search's when not recorded
+    epoch = final.train_split_size(cfg) // recipe.batch_size * recipe.batch_size
+    assert jobs[0].images == epoch + cfg.train.train_images
+    assert jobs[1].images == epoch + 2 * cfg.train.train_images
+
+
+def test_the_worker_context_caches_the_held_out_evaluator_beside_the_searchs():
+    cfg = preset("smoke").updated({"data.val_size": 100})
+    cpu = torch.device("cpu")
+    own, splits = final._context(cfg, cpu)
+    held, same = final._context(cfg, cpu, (final.heldout_replicate(cfg),))
+    assert [r.index for r in own.replicates] == [0] and [r.index for r in held.replicates] == [1]
+    assert same is splits and final._context(cfg, cpu)[0] is own and final._context(cfg, cpu, (1,))[0] is held
+    for seed in range(1, 6):  # more runs than the cache holds: it keeps the last few, the one in use among them
+        final._context(cfg.updated({"seed": seed}), cpu)
+    assert len(final._cache["evaluators"]) == final.EVALUATORS_CACHED
+
+
+def test_a_result_written_before_the_held_out_early_fitness_is_kept_not_retrained(tmp_path):
+    cfg = preset("smoke").updated({"data.val_size": 100})
+    layout = layout_of(cfg)
+    mask = Mask(layout, (1,) * layout.size).encode()
+    path = tmp_path / "final_x" / final.result_name("dense", 0, 0)
+    job = final.Job(cfg, final_preset("smoke"), "dense", 0, 0, mask, 0.0, None, path, str(tmp_path))
+    old = {"kind": "dense", "status": "ok", "early_fitness": 0.2, "final_test_acc": 0.5}  # no early_fitness_heldout
+    path.parent.mkdir()
+    path.write_text(json.dumps(old))
+    assert final.pending([job]) == []
+    assert final.execute([job], device="cpu", workers=1) == [old]

@@ -87,6 +87,7 @@ def test_every_figure_from_fabricated_results(tmp_path):
     points = data[0]["points"]
     tau = stats.kendalltau([p["early_fitness"] for p in points], [p["final_test_acc"] for p in points]).statistic
     assert len(points) == 12 and data[0]["kendall_tau"] == pytest.approx(tau)
+    assert data[0]["early_measure"] == "search"  # the fabricated rows have no held-out early fitness
     plots.validation_curves(rows, tmp_path)
     assert len(assert_drawn(tmp_path, "validation_curves", sources)["data"]) == 6  # 2 sparsities x 3 kinds
     plots.cost_vs_accuracy(rows, tmp_path)
@@ -99,6 +100,25 @@ def test_every_figure_from_fabricated_results(tmp_path):
     c = comparison()
     plots.best_so_far(c, tmp_path)
     assert_drawn(tmp_path, "best_so_far", [r["run_dir"] for r in c["runs"]])
+
+
+def test_early_vs_final_says_which_early_fitness_it_shows(tmp_path):
+    rows = fabricated_rows()
+    for r in rows:  # re-measured under a held-out replicate: the order within each group reversed
+        r["early_fitness_heldout"] = 0.6 - r["early_fitness"]
+    plots.early_vs_final(rows, tmp_path / "heldout")
+    sidecar = json.loads((tmp_path / "heldout" / "early_vs_final.json").read_text())
+    assert sidecar["early_measure"] == "heldout" and sidecar["early_label"] == plots.EARLY_LABELS["heldout"]
+    points = sidecar["data"][0]["points"]
+    x = [p["early_fitness_heldout"] for p in points]
+    tau = stats.kendalltau(x, [p["final_test_acc"] for p in points]).statistic
+    assert sidecar["data"][0]["kendall_tau"] == pytest.approx(tau) and sidecar["data"][0]["early_measure"] == "heldout"
+    assert all(p["early_fitness"] is not None for p in points)  # the search's value stays beside it
+    for r in rows[2:6]:  # two masks without it (both training seeds): the search's measure, said so
+        del r["early_fitness_heldout"]
+    plots.early_vs_final(rows, tmp_path / "search")
+    sidecar = json.loads((tmp_path / "search" / "early_vs_final.json").read_text())
+    assert sidecar["early_measure"] == "search" and "as the search measured it" in sidecar["early_label"]
 
 
 def test_same_data_same_files(tmp_path):

@@ -191,7 +191,7 @@ def test_evaluate_masks_gives_the_evaluators_records(monkeypatch):
     alone = [ev.evaluate_alone(m) for m in masks]
     masks.append(masks[0])  # a duplicate trains beside its twin and scores the same
     alone.append(alone[0])
-    monkeypatch.setattr(ev, "evaluate_alone", lambda m: pytest.fail("evaluate_masks fell back to one by one"))
+    monkeypatch.setattr(ev, "evaluate_alone", lambda *a: pytest.fail("evaluate_masks fell back to one by one"))
     together = evaluate_masks(ev, masks, chunk=2)
     same = ("sparsity", "params", "macs", "train_images", "status", "reason")
     for a, t in zip(alone, together, strict=True):
@@ -226,8 +226,9 @@ def test_a_packed_fitness_depends_on_its_slot_not_on_its_companions():
 class FakeEvaluator:
     cfg = preset("smoke")
     device = torch.device("cpu")
+    replicates = [None]
 
-    def evaluate_alone(self, mask):
+    def evaluate_alone(self, mask, replicate=None):
         return {"fitness": mask.sparsity, "via": "alone"}
 
 
@@ -236,7 +237,7 @@ def test_out_of_memory_splits_a_population_and_other_errors_go_one_by_one(monkey
     masks = [Mask(layout, tuple(sample(layout, 0.5))) for _ in range(5)] + [Mask(layout, tuple(sample(layout, 0.7)))]
     seen = []
 
-    def piece(evaluator, ms, real):
+    def piece(evaluator, ms, real, replicate):
         seen.append(len(ms))
         if len(ms) > 2:
             raise torch.cuda.OutOfMemoryError("fake")
@@ -256,7 +257,7 @@ def test_out_of_memory_splits_a_population_and_other_errors_go_one_by_one(monkey
     evaluate_masks(FakeEvaluator(), masks[:3] + masks[4:])  # by default, populations of CPU_CHUNK on the CPU
     assert seen == [2, 2, 1]
 
-    def bad_setting(evaluator, ms, real):
+    def bad_setting(evaluator, ms, real, replicate):
         raise ConfigError("--lr must be positive")
 
     monkeypatch.setattr(population, "_evaluate_piece", bad_setting)

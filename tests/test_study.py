@@ -61,6 +61,7 @@ def test_paper_writes_the_table_the_analysis_and_every_figure(study):
     dense = [r for r in rows if r["kind"] == "dense"]
     assert all(r["params"] > max(x["params"] for x in rows if x["kind"] != "dense") for r in dense)
     assert all(r["early_fitness"] is not None for r in rows)  # random and dense masks get it too
+    assert all(r["early_fitness_heldout"] is not None for r in rows)  # and all of them a held-out replicate's
     with open(study / "results.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and tuple(table[0]) == ROW_KEYS
@@ -70,6 +71,8 @@ def test_paper_writes_the_table_the_analysis_and_every_figure(study):
     assert half["sparsity"] == 0.5 and half["found"]["n"] == 2 and half["random"]["n"] == 2
     assert half["p_value"] is not None and half["noise_ceiling"]["masks"] == 4
     assert half["early_vs_final"]["n"] == 4 and analysis["dense"]["n"] == 1
+    assert analysis["early_measure"] == half["early_vs_final"]["early_measure"] == "heldout"
+    assert json.loads((study / "early_vs_final.json").read_text())["early_measure"] == "heldout"
     described = json.loads((study / "study.json").read_text())
     for name in STUDY_FIGURES:
         assert (study / f"{name}.png").exists() and (study / f"{name}.pdf").exists(), name
@@ -91,10 +94,13 @@ def test_early_fitness_is_the_search_fitness_procedure(study):
     found = next(r for r in rows if r["kind"] == "found")
     random = next(r for r in rows if r["kind"] == "random")
     cfg, _ = final.load_run(study / found["source"])
-    evaluator = Evaluator(cfg, runs.load_splits(cfg, log=lambda _: None))
+    splits = runs.load_splits(cfg, log=lambda _: None)
+    evaluator = Evaluator(cfg, splits)
+    heldout = Evaluator(cfg, splits, replicates=[cfg.train.replicates])  # a replicate the search never trained under
     for row in (found, random):
         mask = Mask.decode(evaluator.layout, row["mask"])
         assert evaluator.evaluate_mask(mask)["fitness"] == row["early_fitness"]
+        assert heldout.evaluate_mask(mask)["fitness"] == row["early_fitness_heldout"]
     hall_of_fame = final.load_run(study / found["source"])[1]["hall_of_fame"]
     assert found["mask"] in [e["mask"] for e in hall_of_fame]
 
