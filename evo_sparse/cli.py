@@ -364,7 +364,10 @@ def compare(preset: str | None, algorithms: str, runs: int, final_train: bool, q
 
 
 @cli.command()
-@some_run_options("train-images", "lr", "sampling", "replicates", "generations", "pop", "keep", "algorithm")
+@some_run_options(
+    "train-images", "lr", "sampling", "replicates", "generations", "pop", "keep", "algorithm", "crossover", "cxpb",
+    "mutpb", "swap-prob", "tournament", "max-failed-share",
+)  # fmt: skip
 @click.option("--train-images", "budgets", default=None, help="comma-separated budgets (default: the preset's)")
 @click.option("--lr", "lrs", default=None, help="comma-separated peak learning rates (default: the preset's)")
 @click.option(

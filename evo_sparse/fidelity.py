@@ -283,8 +283,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"fidelity: {report['masks']} masks x {report['replicates']} replicates, sparsity {report['sparsity']}, "
         f"WRN-{report['model']['depth']}-{report['model']['width']}, preset {report['preset']}, seed {report['seed']}"
     )
-    cols = f"{'sampling':<10} {'images':>7} {'lr':>6} {'between sd':>10} {'within sd':>9} {'ICC(1) [95% CI]':>22} "
-    cols += f"{'rel. of mean':>12} {'Spearman':>8} {'R for ' + format(report['target'], 'g'):>8} {'s/train':>7}"
+    cols = f"{'sampling':<10} {'images':>7} {'lr':>6} {'masks':>5} {'between sd':>10} {'within sd':>9} "
+    target = f"R for {report['target']:g}"
+    cols += f"{'ICC(1) [95% CI]':>22} {'rel. of mean':>12} {'Spearman':>8} {target:>8} {'s/train':>7}"
     if report["reference_epochs"]:
         cols += f" {'tau vs ' + str(report['reference_epochs']) + ' ep.':>18}"
     lines = [head, cols]
@@ -295,7 +296,7 @@ def format_report(report: dict[str, Any]) -> str:
         ci = e["icc_ci"]
         icc = f"{_f(e['icc'])} [{_f(ci[0])}, {_f(ci[1])}]"
         line = (
-            f"{e['sampling']:<10} {e['train_images']:>7} {e['lr']:>6g} {_f(e['between_sd']):>10} "
+            f"{e['sampling']:<10} {e['train_images']:>7} {e['lr']:>6g} {e['masks']:>5} {_f(e['between_sd']):>10} "
             f"{_f(e['within_sd']):>9} {icc:>22} {_f(e['reliability_of_mean']):>12} {_f(e['spearman']):>8} "
             f"{e['replicates_for_target'] or 'never':>8} {_f(e['seconds_per_training'], 1):>7}"
         )

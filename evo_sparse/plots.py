@@ -12,6 +12,7 @@ display needed); PDFs carry no creation date, so the same data gives the same fi
 - ``validation_curves``: validation accuracy per epoch of full training, found vs random (mean ± std).
 - ``cost_vs_accuracy``: parameters and FLOPs (multiply-accumulates) vs final test accuracy.
 - ``best_so_far``: GA vs Random Search, best fitness so far vs evaluations, mean with a 95% band (``compare``).
+- ``fidelity_reliability``: reliability of a fitness (ICC) vs seconds per training, per recipe (``fidelity``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ EARLY_LABELS = {
 }
 COLORS = {"found": "tab:red", "random": "tab:blue", "dense": "black", "weedout": "tab:blue", "ga": "tab:orange"}
 RESULTS, STUDY, COMPARISON, RECIPE = "results.json", "study.json", "comparison.json", "final.json"
+FIDELITY = "fidelity.json"
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Material:
     rows: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)
+    fidelity: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (folder, ``fidelity`` report)
 
 
 def load(folders: list[str | Path]) -> Material:
@@ -73,6 +76,8 @@ def load(folders: list[str | Path]) -> Material:
                 r["run_dir"] = os.path.normpath(folder / r["run_dir"])
             m.comparisons.append(comparison)
             m.runs += [runs.summarize(r["run_dir"]) for r in comparison["runs"]]
+        elif (folder / FIDELITY).exists():
+            m.fidelity.append((str(folder), read_json(folder / FIDELITY, "fidelity report")))
         elif (folder / RECIPE).exists():
             m.rows += final.read_results(folder)
         elif (folder / "checkpoint.json").exists():
@@ -82,8 +87,8 @@ def load(folders: list[str | Path]) -> Material:
             m.rows += [r for f in sorted(folder.glob("final_*")) for r in final.read_results(f)]
         else:
             raise EvoSparseError(
-                f"{folder} is not a study, comparison, run or final-training folder; give a folder that "
-                "`evo-sparse paper`, `compare`, `run` or `final` printed"
+                f"{folder} is not a study, comparison, fidelity, run or final-training folder; give a folder that "
+                "`evo-sparse paper`, `compare`, `fidelity`, `run` or `final` printed"
             )
     return m
 
@@ -101,6 +106,8 @@ def draw_all(material: Material, out: str | Path) -> list[Path]:
         written.append(fitness_over_generations(material.runs, out))
     for c in material.comparisons:
         written.append(best_so_far(c, out))
+    for folder, report in material.fidelity:
+        written.append(fidelity(report, out, source=folder))
     if not written:
         raise EvoSparseError("nothing to plot: no finished final training, search generation or comparison found")
     return written
@@ -308,49 +315,56 @@ def best_so_far(comparison: dict[str, Any], out: Path) -> Path:
     return _save(fig, out, "best_so_far", [r["run_dir"] for r in comparison["runs"]], comparison["bands"])
 
 
-def fidelity(report: dict[str, Any], out: Path) -> Path:
-    """Reliability of one training (ICC(1), with its 95% CI) and of the mean of the study's R replicates vs seconds
-    per training, a line per sampling and learning rate, each point labelled by its budget; with a reference, a
-    second panel of Kendall τ against the longer training."""
-    entries = [e for e in report["settings"] if e.get("icc") is not None and e.get("seconds_per_training")]
+def fidelity(report: dict[str, Any], out: Path, *, source: str | None = None) -> Path:
+    """Reliability of one training (ICC(1), with its 95% CI; solid) and of the mean of the study's R replicates
+    (Spearman–Brown, floored at 0; dashed) vs the training budget, a line per sampling and learning rate; with a
+    reference, a second panel of Kendall τ (95% CI) against the longer training. The budget, not the seconds, is on
+    the x axis: seconds measured on a shared machine at different times are not comparable (they are in the JSON)."""
+    entries = [e for e in report["settings"] if e.get("icc") is not None]
     with_ref = any((e.get("reference") or {}).get("kendall_tau") is not None for e in entries)
-    fig = Figure(figsize=(10 if with_ref else 5.5, 4))
+    fig = Figure(figsize=(10.5 if with_ref else 5.5, 4.2))
     axes = fig.subplots(1, 2 if with_ref else 1, squeeze=False)[0]
     lines: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
     for e in entries:
         lines[(e["sampling"], e["lr"])].append(e)
+    budgets = sorted({e["train_images"] for e in entries})
     for n, ((sampling, lr), es) in enumerate(sorted(lines.items())):
-        es = sorted(es, key=lambda e: e["seconds_per_training"])
-        x = [e["seconds_per_training"] for e in es]
-        color = f"C{n}"
+        es = sorted(es, key=lambda e: e["train_images"])
+        dodge = 1.04 ** (n - (len(lines) - 1) / 2)  # side by side, so that the error bars do not hide each other
+        x = [e["train_images"] * dodge for e in es]
+        style = {"color": f"C{n}", "marker": "o" if sampling == "global" else "s", "capsize": 3}
         label = f"{sampling}, lr {lr:g}"
-        lo = [e["icc"] - e["icc_ci"][0] if e["icc_ci"][0] is not None else 0 for e in es]
-        hi = [e["icc_ci"][1] - e["icc"] if e["icc_ci"][1] is not None else 0 for e in es]
-        axes[0].errorbar(x, [e["icc"] for e in es], yerr=[lo, hi], color=color, marker="o", capsize=3, label=label)
-        axes[0].plot(x, [e["reliability_of_mean"] for e in es], color=color, ls="--", marker="s", alpha=0.6)
-        for e in es:
-            axes[0].annotate(f"{e['train_images']:,}", (e["seconds_per_training"], e["icc"]), fontsize=7,
-                             textcoords="offset points", xytext=(4, -10))  # fmt: skip
+        icc = [e["icc"] for e in es]
+        err = [[v - e["icc_ci"][0] for v, e in zip(icc, es)], [e["icc_ci"][1] - v for v, e in zip(icc, es)]]
+        axes[0].errorbar(x, icc, yerr=err, label=label, **style)
+        mean_rel = [max(0.0, e["reliability_of_mean"] or 0.0) for e in es]
+        axes[0].plot(x, mean_rel, color=style["color"], ls="--", alpha=0.5)
         if with_ref:
-            ok = [e for e in es if (e.get("reference") or {}).get("kendall_tau") is not None]
-            taus = [e["reference"]["kendall_tau"] for e in ok]
-            cis = [e["reference"]["kendall_tau_ci"] or [t, t] for e, t in zip(ok, taus)]
+            ok = [
+                (xi, e["reference"])
+                for xi, e in zip(x, es)
+                if (e.get("reference") or {}).get("kendall_tau") is not None
+            ]
+            taus = [r["kendall_tau"] for _, r in ok]
+            cis = [r["kendall_tau_ci"] or [t, t] for (_, r), t in zip(ok, taus)]
             err = [[t - c[0] for t, c in zip(taus, cis)], [c[1] - t for t, c in zip(taus, cis)]]
-            xs = [e["seconds_per_training"] for e in ok]
-            axes[1].errorbar(xs, taus, yerr=err, color=color, marker="o", capsize=3, label=label)
+            axes[1].errorbar([xi for xi, _ in ok], taus, yerr=err, label=label, **style)
     r, m = report["replicates"], report["masks"]
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
+        ax.minorticks_off()
+        ax.set_xlabel("training images per training (the budget)")
     axes[0].axhline(report["target"], color="grey", lw=0.8, ls=":")
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("seconds per training (median)")
-    axes[0].set_ylabel(f"reliability: ICC(1) of one training (solid),\nmean of {r} replicates (dashed)")
-    axes[0].set_title(f"fitness reliability, {m} masks x {r} replicates", fontsize=10)
-    axes[0].legend(fontsize=8)
+    axes[0].axhline(0, color="grey", lw=0.8)
+    axes[0].set_ylim(min(-0.35, min(e["icc_ci"][0] for e in entries) - 0.05), 1.0)
+    axes[0].set_ylabel(f"reliability: ICC(1) of one training (solid)\nmean of {r} replicates (dashed)")
+    axes[0].set_title(f"fitness reliability, {m} masks x {r} replicates (95% CI)", fontsize=10)
+    axes[-1].legend(fontsize=8, loc="upper right" if with_ref else "lower left")
     if with_ref:
         axes[1].axhline(0, color="grey", lw=0.8)
-        axes[1].set_xscale("log")
-        axes[1].set_xlabel("seconds per training (median)")
-        axes[1].set_ylabel(f"Kendall τ with {report['reference_epochs']}-epoch test accuracy")
-        axes[1].set_title(f"rank agreement with the reference, n = {m} masks", fontsize=10)
+        axes[1].set_ylabel(f"Kendall τ with the {report['reference_epochs']}-epoch test accuracy")
+        axes[1].set_title(f"does fitness rank like longer training? n = {m} masks (95% CI)", fontsize=10)
     data = [{k: e.get(k) for k in ("key", "sampling", "train_images", "lr", "icc", "icc_ci", "reliability_of_mean",
                                    "seconds_per_training", "reference")} for e in entries]  # fmt: skip
-    return _save(fig, Path(out), "fidelity_reliability", [str(out)], data)
+    return _save(fig, Path(out), "fidelity_reliability", [source or str(out)], data)

@@ -83,8 +83,10 @@ def test_from_dict_rejects_a_group_that_is_not_an_object():
 
 def test_default_config_has_no_hashed_items():
     assert RunConfig().hashed_items() == {}
-    assert config.preset("cpu").hashed_items() == {"train.pack": 2}  # the defaults, trained in packs of 2
-    assert config.preset("cpu").updated({"train.pack": 1}).run_hash() == RunConfig().run_hash()
+    cpu = {"search.sampling": "global", "train.train_images": 2048, "train.lr": 0.05, "train.replicates": 2}
+    assert config.preset("cpu").hashed_items() == cpu  # the recipe the fidelity study chose
+    defaults = config.flat_items(RunConfig())
+    assert config.preset("cpu").updated({k: defaults[k] for k in cpu}).run_hash() == RunConfig().run_hash()
 
 
 def test_run_hash_differs_between_presets():

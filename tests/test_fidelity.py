@@ -71,9 +71,9 @@ def test_a_failed_replicate_fails_the_fitness():
 
 
 def test_replicates_default_keeps_every_run_folder_name():
-    assert "train.replicates" not in preset("cpu").hashed_items()
-    cfg = preset("cpu").updated({"train.replicates": 2})
-    assert cfg.hashed_items()["train.replicates"] == 2 and cfg.run_hash() != preset("cpu").run_hash()
+    assert "train.replicates" not in preset("smoke").hashed_items()
+    cfg = preset("smoke").updated({"train.replicates": 2})
+    assert cfg.hashed_items()["train.replicates"] == 2 and cfg.run_hash() != preset("smoke").run_hash()
 
 
 def test_run_with_replicates_reports_its_noise(tmp_path):
@@ -116,6 +116,8 @@ def test_fidelity_smoke_study_writes_its_report_and_resumes(tmp_path):
     for ext in ("png", "pdf", "json"):
         assert os.path.exists(f"{folder}/fidelity_reliability.{ext}")
     assert "ICC(1)" in out.output and "layerwise" in out.output
+    drawn = CliRunner().invoke(cli, ["plot", folder, "--out", str(tmp_path / "plots")])
+    assert drawn.exit_code == 0 and (tmp_path / "plots" / "fidelity_reliability.png").exists()
     journal = open(f"{folder}/trainings.jsonl").read().splitlines()
     assert len(journal) == 8
 
