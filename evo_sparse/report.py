@@ -11,6 +11,11 @@ def _num(value: float | None, fmt: str = ".4f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _replicates(s: dict[str, Any]) -> str:
+    r = s.get("replicates", 1)
+    return f" ({r} replicates of {s['train_images_per_eval'] // r:,})" if r > 1 else ""
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """A few lines: what ran, how far it got, the logbook and the best mask."""
     m = s["model"]
@@ -24,7 +29,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"data     {s.get('data') or '-'} on {s.get('device') or '-'}",
         f"progress {s['generations_done']}/{s['generations']} generations, {state}",
         f"evals    {s['evaluations']} ({s['failed_evaluations']} failed), {s['train_images_per_eval']:,} training "
-        f"images each, {_num(s['eval_seconds_mean'], '.1f')} s each on average",
+        f"images each{_replicates(s)}, {_num(s['eval_seconds_mean'], '.1f')} s each on average",
         noise_line(s["noise"]),
         "",
         f"{'gen':>4} {'nevals':>6} {'failed':>6} {'min':>7} {'avg':>7} {'max':>7}",
