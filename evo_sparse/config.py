@@ -304,12 +304,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search.generations": 3,
         "search.sparsity": 0.5,
     },
-    # Real CIFAR-10 on a 2-core CPU, the recipe chosen by measurement (plots/fidelity.json, README "Fitness you can
+    # Real CIFAR-10 on a 2-core CPU, the recipe chosen by measurement (plots/fidelity_cpu/, README "Fitness you can
     # trust"): the cheapest measured setting whose fitness ranks masks with reliability >= 0.7 (24 masks x 3
     # replicates). Layerwise masks all compact to one architecture, and their fitness held almost no mask signal
-    # (ICC <= 0.33 at lr 0.2, at most 0.60 at lr 0.05, Kendall tau with a 2-epoch training about 0); global masks differ
-    # in widths, and the short, gentle training ranked them best: ICC(1) 0.68 per training, Kendall tau 0.4 with the
-    # 2-epoch test accuracy. Two replicates lift the fitness's reliability to 0.81 (Spearman-Brown).
+    # (ICC <= 0.33 at lr 0.2, at most 0.60 at lr 0.05; Kendall tau with a 2-epoch training <= 0.22, every CI holding
+    # 0); global masks differ in widths, and the short, gentle training ranked them best: ICC(1) 0.68 per training,
+    # Kendall tau 0.38 with the 2-epoch test accuracy. Two replicates lift the reliability to 0.81 (Spearman-Brown).
     "cpu": {
         "search.sampling": "global",
         "train.train_images": 2048,
