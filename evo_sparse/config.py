@@ -186,6 +186,7 @@ class RunConfig:
             f"must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), not {m.depth}",
         )
         _check(m.width >= 1, "width", f"must be at least 1, not {m.width}")
+        _check(0 <= self.seed < 2**32, "seed", f"must be an integer in 0..2**32-1 (numpy's range), not {self.seed}")
         _check(s.population >= 2, "pop", f"must be at least 2, not {s.population}")
         _check(
             0 <= s.keep < s.population, "keep", f"must be in 1..pop-1 = 1..{s.population - 1} (0 = pop/2), not {s.keep}"

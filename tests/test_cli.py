@@ -139,6 +139,8 @@ def test_options_override_the_preset(tmp_path):
         (["--pop", "many"], "--pop"),
         (["--preset", "huge"], "--preset"),
         (["--algorithm", "annealing"], "--algorithm"),
+        (["--seed", "-5"], "--seed must be an integer in 0..2**32-1"),
+        (["--seed", str(2**32)], "--seed"),
         (["--preset", "cpu", "--data", "/nonexistent/cifar"], "/nonexistent/cifar"),
     ],
 )
