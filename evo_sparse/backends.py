@@ -47,6 +47,22 @@ RAY_MISSING = "--backend ray needs Ray, an optional extra not installed here: pi
 Task = tuple[list[int | None], list[list[int] | None], int]
 
 
+# A worker process that found itself re-running the user's script (see ``refuse_while_bootstrapping``) exits with this
+UNGUARDED_EXIT = 86
+UNGUARDED = (
+    "worker processes re-ran this script from its start (Python starts them by importing the main module): put the "
+    'script\'s work under `if __name__ == "__main__":`, or pass backend="local" in the config'
+)
+
+
+def refuse_while_bootstrapping() -> None:
+    """End this process at once (exit ``UNGUARDED_EXIT``, no traceback) when it is a spawned worker still importing the
+    parent's main module: a script without an ``if __name__ == "__main__":`` guard re-runs its search there. The
+    parent's ``ProcessMap`` turns that exit code into one line saying what to do, and records no failed evaluation."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        os._exit(UNGUARDED_EXIT)
+
+
 def cpu_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -426,6 +442,8 @@ class ProcessMap(_Map):
         positions, genomes, attempt = task
         w = self._slots[slot]
         w.process.join(1)
+        if w.process.exitcode == UNGUARDED_EXIT:
+            raise ConfigError(UNGUARDED)
         what = f"worker process {w.process.pid} ({w.device}) {_how_it_ended(w.process.exitcode)} during an evaluation"
         w.stop()  # replaced when next needed
         if attempt < self.max_retries:

@@ -126,6 +126,7 @@ def execute(plan: Plan, *, log: Callable[[str], None] = print, show_progress: bo
     from evo_sparse.runs import layout_of, load_splits
     from evo_sparse.study import StudyProgress
 
+    backends.refuse_while_bootstrapping()
     plan.validate()
     root = plan.folder()
     layout = layout_of(plan.base)

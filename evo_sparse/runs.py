@@ -243,6 +243,7 @@ def execute(
     from evo_sparse import backends
     from evo_sparse.fitness import resolve_device
 
+    backends.refuse_while_bootstrapping()
     cfg.validate()
     paths = RunPaths(run_folder(cfg))
     layout = layout_of(cfg)
