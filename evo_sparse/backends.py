@@ -251,6 +251,7 @@ def _serve(conn, cfg_dict: dict[str, Any], parent: int, device: str) -> None:
     records)`` or ``("error", positions, exception)`` until the parent sends None or goes away."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is SIGTERM (a scheduler signals every process of the job)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held back during start-up (``_sigint_held``)
     startup: BaseException | None = None

@@ -7,6 +7,8 @@ Errors a user can fix print one line, ``evo-sparse: error: ...``, and exit with 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 
 import click
@@ -22,7 +24,7 @@ from evo_sparse.config import (
     field_help,
     preset,
 )
-from evo_sparse.errors import ConfigError, EvoSparseError
+from evo_sparse.errors import ConfigError, EvoSparseError, Terminated
 
 # option name -> (config key, click type)
 RUN_OPTIONS: dict[str, tuple[str, click.ParamType]] = {
@@ -65,9 +67,14 @@ RUN_OPTIONS: dict[str, tuple[str, click.ParamType]] = {
 
 
 class OneLineErrors(click.Group):
-    """A group whose usage and library errors print one line and exit 2 (Ctrl-C: a line and exit 130)."""
+    """A group whose usage and library errors print one line and exit 2 (Ctrl-C: a line and exit 130; SIGTERM, as
+    Slurm, Kubernetes or ``timeout`` stop a job: the same, exit 143; a second SIGTERM stops at once)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            previous = signal.signal(signal.SIGTERM, _terminate)
+        except ValueError:  # not the main thread (an embedding program): its own signal handling stays
+            previous = None
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as exc:
@@ -76,11 +83,22 @@ class OneLineErrors(click.Group):
             _fail(exc.format_message())
         except EvoSparseError as exc:
             _fail(str(exc))
-        except (KeyboardInterrupt, click.exceptions.Abort):
-            click.echo(
-                "evo-sparse: interrupted; finished evaluations are saved, run the same command to resume", err=True
-            )
-            sys.exit(130)
+        except (KeyboardInterrupt, click.exceptions.Abort) as exc:  # click turns KeyboardInterrupt into Abort
+            if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated):
+                what, code = "terminated (SIGTERM)", 128 + signal.SIGTERM
+            else:
+                what, code = "interrupted", 130
+            click.echo(f"evo-sparse: {what}; finished evaluations are saved, run the same command to resume", err=True)
+            sys.exit(code)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame) -> None:
+    """The first SIGTERM unwinds like Ctrl-C (workers stopped, files closed); a second one ends the process at once."""
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
+    raise Terminated()
 
 
 def _fail(message: str) -> None:

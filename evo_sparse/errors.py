@@ -19,3 +19,7 @@ class RunStateError(EvoSparseError):
 
 class FailedEvaluationsError(EvoSparseError):
     """More fitness evaluations failed than the run allows (``--max-failed-share``)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a scheduler's stop, ``kill``, ``timeout``): unwinds like Ctrl-C, so finished work is kept."""

@@ -30,6 +30,7 @@ from evo_sparse.cli import build_config, cli
 from evo_sparse.runs import read_config, run_folder
 
 EXIT_INTERRUPTED = 130  # the CLI's exit code after Ctrl-C
+EXIT_TERMINATED = 143  # and after SIGTERM (128 + 15, what schedulers expect)
 
 
 # --- running the command ----------------------------------------------------------------------------------------------
@@ -177,14 +178,15 @@ def cycle(
     fault: str | None = None,
     after_rows: int | None = None,
     interrupt: bool = False,
+    terminate: bool = False,
     probe: bool = False,
     timeout: float = 300.0,
 ) -> Cycle:
     """Start the command once; stop it ``delay`` seconds after its start, or after it has journaled ``after_rows``
     more rows (and ``delay`` seconds more, when both are given), with SIGKILL (or Ctrl-C: SIGINT to its process
-    group, as a terminal sends it); with ``fault``, let the
-    ``EVO_SPARSE_FAULT`` hook kill it; with none of these, let it finish. ``probe`` runs the same command a second
-    time while the first one is computing and records what it said."""
+    group, as a terminal sends it; ``terminate``: SIGTERM to its process group, as a scheduler sends it); with
+    ``fault``, let the ``EVO_SPARSE_FAULT`` hook kill it; with none of these, let it finish. ``probe`` runs the same
+    command a second time while the first one is computing and records what it said."""
     folder = folder_of(options)
     before = len(journal_lines(folder))
     proc = subprocess.Popen(
@@ -210,6 +212,9 @@ def cycle(
         if interrupt:
             os.killpg(proc.pid, signal.SIGINT)
             how = "Ctrl-C"
+        elif terminate:
+            os.killpg(proc.pid, signal.SIGTERM)  # every process of the job, as Slurm or Kubernetes signal it
+            how = "SIGTERM"
         else:
             proc.kill()
             how = (
@@ -318,7 +323,7 @@ def check_run(options: dict, cycles: list[Cycle], workdir: Path) -> RunCheck:
         ("journal rows written before a kill were lost", not check.kept_prefixes),
         ("temp files left in the run folder", bool(check.temp_files)),
         ("worker processes outlived a killed run", any(c.orphans for c in cycles)),
-        ("a start neither finished nor died as intended", any(c.returncode not in (0, -9, 130) for c in cycles)),
+        ("a start neither finished nor died as intended", any(c.returncode not in (0, -9, 130, 143) for c in cycles)),
     ):
         if bad:
             check.problems.append(problem)

@@ -105,6 +105,20 @@ def test_worker_processes_die_with_a_killed_run_and_ctrl_c_stops_cleanly(tmp_pat
     assert check.ok, (check.problems, finished.stderr[-500:])
 
 
+def test_sigterm_stops_a_run_with_worker_processes_like_ctrl_c_and_it_resumes(tmp_path):
+    """Slurm's time limit or preemption, Kubernetes and ``timeout`` send SIGTERM to every process of the job."""
+    options = {"runs_dir": tmp_path / "runs", "generations": 8}
+    stopped = R.cycle(options, after_rows=1, delay=0.5, terminate=True)
+    assert stopped.returncode == R.EXIT_TERMINATED and stopped.orphans == [], stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        "evo-sparse: terminated (SIGTERM); finished evaluations are saved, run the same command to resume"
+    )
+    assert "Traceback" not in stopped.stderr and not stopped.leftovers and stopped.rows_after > stopped.rows_before
+    finished = R.finish_in_process(options)
+    check = R.check_run(options, [stopped, finished], tmp_path)
+    assert check.ok, (check.problems, finished.stderr[-500:])
+
+
 # --- failed evaluations -----------------------------------------------------------------------------------------------
 
 
