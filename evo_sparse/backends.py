@@ -247,8 +247,9 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _serve(conn, cfg_dict: dict[str, Any], parent: int, device: str) -> None:
-    """A worker process: build the evaluator, then answer ``(positions, genomes, attempt)`` with ``("done", positions,
-    records)`` or ``("error", positions, exception)`` until the parent sends None or goes away."""
+    """A worker process: build the evaluator, say ``("ready", None, None)``, then answer ``(positions, genomes,
+    attempt)`` with ``("done", positions, records)`` or ``("error", positions, exception)`` until the parent sends None
+    or goes away."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is SIGTERM (a scheduler signals every process of the job)
@@ -259,6 +260,8 @@ def _serve(conn, cfg_dict: dict[str, Any], parent: int, device: str) -> None:
         _evaluator(cfg_dict, device)  # now, so that data loading overlaps in all workers
     except Exception as exc:  # reported with the first task
         startup = _portable(exc)
+    with contextlib.suppress(OSError):
+        conn.send(("ready", None, None))  # --eval-timeout counts from here, not from the start-up
     while True:
         try:
             task = conn.recv()
@@ -363,6 +366,18 @@ class _Worker:
         self.conn.close()
 
 
+EVAL_TIMEOUT_FACTOR, EVAL_TIMEOUT_FLOOR = 10, 60.0  # the automatic --eval-timeout: 10x the slowest, at least 60 s
+
+
+def eval_limit(setting: float, slowest: float | None) -> float | None:
+    """Seconds a task may run before its worker counts as hung: ``setting`` (``--eval-timeout``) when positive, else
+    ``EVAL_TIMEOUT_FACTOR`` times the ``slowest`` task so far, at least ``EVAL_TIMEOUT_FLOOR``; None (no limit) while
+    no task has finished."""
+    if setting > 0:
+        return setting
+    return None if slowest is None else max(EVAL_TIMEOUT_FLOOR, EVAL_TIMEOUT_FACTOR * slowest)
+
+
 class ProcessMap(_Map):
     """``toolbox.map`` over spawned worker processes, one task (a pack) at a time each, results in input order.
 
@@ -390,6 +405,7 @@ class ProcessMap(_Map):
         self.pack = pack_size(cfg)
         self.log = log
         self.restarts = 0  # workers replaced after dying
+        self.slowest: float | None = None  # seconds of the slowest task so far (``eval_limit``)
         self._ctx = multiprocessing.get_context("spawn")
         self._cfg_dict = cfg.to_dict()
         self._slots = [_Worker(self._ctx, self._cfg_dict, d) for d in self.devices]
@@ -409,6 +425,7 @@ class ProcessMap(_Map):
 
     def _run(self, todo: collections.deque[Task]) -> Iterator[tuple[int, dict[str, Any]]]:
         busy: dict[int, Task] = {}  # slot -> the task its worker is evaluating
+        started: dict[int, float] = {}  # slot -> when its task was sent
         try:
             while todo or busy:
                 for slot, w in enumerate(self._slots):
@@ -416,12 +433,21 @@ class ProcessMap(_Map):
                         if not w.process.is_alive():  # died while idle: nothing to retry
                             self._replace(slot)
                         busy[slot] = todo.popleft()
+                        started[slot] = time.monotonic()
                         with contextlib.suppress(OSError):  # a worker dead by now reads as EOF below
                             self._slots[slot].conn.send(busy[slot])
-                ready = wait([self._slots[s].conn for s in busy] + [self._slots[s].process.sentinel for s in busy])
+                limit = eval_limit(self.cfg.eval_timeout, self.slowest)
+                timeout = None if limit is None else max(0.0, min(started[s] for s in busy) + limit - time.monotonic())
+                ready = wait(
+                    [self._slots[s].conn for s in busy] + [self._slots[s].process.sentinel for s in busy], timeout
+                )
+                now = time.monotonic()
                 for slot in list(busy):
                     w = self._slots[slot]
                     if w.conn not in ready and w.process.sentinel not in ready:
+                        if limit is not None and now - started[slot] >= limit:  # hung: kill it, then as if it died
+                            w.process.kill()
+                            yield from self._lost(slot, busy.pop(slot), todo, hung=(now - started[slot], limit))
                         continue
                     try:
                         if not w.conn.poll():  # the process ended without a last word
@@ -430,7 +456,11 @@ class ProcessMap(_Map):
                     except (EOFError, OSError):
                         yield from self._lost(slot, busy.pop(slot), todo)
                         continue
+                    if kind == "ready":  # a new worker has started up: its task's time starts now
+                        started[slot] = now
+                        continue
                     attempt = busy.pop(slot)[2]
+                    self.slowest = max(self.slowest or 0.0, now - started[slot])
                     if kind == "error":
                         raise payload
                     yield from _finished(positions, payload, attempt)
@@ -438,14 +468,20 @@ class ProcessMap(_Map):
             for slot in busy:  # abandoned (Ctrl-C, an error): its answer must not be taken for the next task's
                 self._slots[slot].stop()  # replaced when next needed
 
-    def _lost(self, slot: int, task: Task, todo: collections.deque[Task]) -> Iterator[tuple[int, dict[str, Any]]]:
-        """The worker of ``slot`` died evaluating ``task``: replace it; retry the task, or give its failed records."""
+    def _lost(
+        self, slot: int, task: Task, todo: collections.deque[Task], hung: tuple[float, float] | None = None
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        """The worker of ``slot`` died evaluating ``task`` (or was killed after ``hung`` = (seconds it ran, limit)):
+        replace it; retry the task, or give its failed records."""
         positions, genomes, attempt = task
         w = self._slots[slot]
         w.process.join(1)
         if w.process.exitcode == UNGUARDED_EXIT:
             raise ConfigError(UNGUARDED)
-        what = f"worker process {w.process.pid} ({w.device}) {_how_it_ended(w.process.exitcode)} during an evaluation"
+        how = _how_it_ended(w.process.exitcode)
+        if hung:
+            how = f"gave no answer for {hung[0]:.0f} s (--eval-timeout {hung[1]:g} s) and was killed as hung"
+        what = f"worker process {w.process.pid} ({w.device}) {how} during an evaluation"
         w.stop()  # replaced when next needed
         if attempt < self.max_retries:
             self.log(f"{what}; it is retried in a new worker ({attempt + 1} of at most {self.max_retries} retries)")

@@ -63,6 +63,7 @@ RUN_OPTIONS: dict[str, tuple[str, click.ParamType]] = {
     "address": ("address", click.STRING),
     "gpus-per-task": ("gpus_per_task", click.FLOAT),
     "max-retries": ("max_retries", click.INT),
+    "eval-timeout": ("eval_timeout", click.FLOAT),
 }
 
 

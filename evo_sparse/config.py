@@ -133,6 +133,12 @@ class RunConfig:
     max_retries: int = _f(
         2, "process, ray: times an evaluation whose worker died (killed, node lost) is retried elsewhere", hash=False
     )
+    eval_timeout: float = _f(
+        0.0,
+        "process: seconds an evaluation may run before its worker is taken for hung, killed and the evaluation "
+        "retried (--max-retries); 0 = ten times the slowest evaluation so far, at least 60 s (none before the first)",
+        hash=False,
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -214,6 +220,9 @@ class RunConfig:
             self.backend == "ray" or self.gpus_per_task == 1, "gpus-per-task", "is for --backend ray; add --backend ray"
         )
         _check(self.max_retries >= 0, "max-retries", f"must be 0 or more, not {self.max_retries}")
+        _check(
+            self.eval_timeout >= 0, "eval-timeout", f"must be 0 (automatic) or more seconds, not {self.eval_timeout}"
+        )
         _check(t.val_images >= 0 and t.eval_batch_size >= 1, "val-images", "must be 0 (all) or positive")
         _check(
             t.replicates >= 1, "replicates", f"must be at least 1 (1 = one training per fitness), not {t.replicates}"

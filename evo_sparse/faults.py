@@ -17,12 +17,15 @@ The value is a comma-separated list of:
   1) attempts: what the OOM killer or a lost machine does to a worker. The backend retries the evaluation elsewhere
   (``--max-retries``); with N above that limit the evaluation ends as a failed record. Ray workers get the variable
   from the backend (``crash_environment``), since they are not children of the run.
+- ``hang=P`` or ``hang=P@N``: the same selection, but the worker hangs (sleeps for ever) instead of dying: what a
+  deadlocked CUDA call or a stalled network file system does. ``--eval-timeout`` finds it.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 from evo_sparse.seeds import derive
 
@@ -82,12 +85,20 @@ def fitness_fault(seed: int, mask_text: str) -> str | None:
 
 def crash_worker(seed: int, mask_text: str, attempt: int) -> None:
     """Called by a backend's worker process before attempt ``attempt`` (0 = first) of an evaluation: SIGKILL this
-    process when ``crash=P[@N]`` selects the mask (a pure function of run seed and mask) and ``attempt < N``."""
-    wanted = spec().get("crash")
-    if wanted:
-        share, _, attempts = wanted.partition("@")
-        if attempt < int(attempts or 1) and crash_draw(seed, mask_text) < float(share):
-            kill()
+    process when ``crash=P[@N]`` selects the mask (a pure function of run seed and mask) and ``attempt < N``; hang
+    for ever when ``hang=P[@N]`` does."""
+    for kind, act in (("crash", kill), ("hang", hang)):
+        wanted = spec().get(kind)
+        if wanted:
+            share, _, attempts = wanted.partition("@")
+            if attempt < int(attempts or 1) and crash_draw(seed, mask_text) < float(share):
+                act()
+
+
+def hang() -> None:
+    """Never return: a worker stuck in a call that does not come back."""
+    while True:
+        time.sleep(3600)
 
 
 def crash_draw(seed: int, mask_text: str) -> float:

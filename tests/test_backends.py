@@ -199,6 +199,26 @@ def test_an_evaluation_whose_worker_always_dies_is_a_failed_record(tmp_path, mon
     assert [got[i] for i in kept] == [expected[i] for i in kept]
 
 
+def test_a_hung_worker_is_killed_and_its_evaluation_retried(tmp_path, monkeypatch, local_run):
+    """``hang=P`` makes a worker hang (for ever) on its first attempt at the chosen masks: past --eval-timeout it is
+    killed, the evaluation is retried in a new worker, and everything computed equals the local backend's run."""
+    expected = computed(local_run, up_to_gen=0)["journal"]
+    draws = sorted(faults.crash_draw(0, row["mask"]) for row in expected)
+    monkeypatch.setenv(faults.ENV, f"hang={(draws[0] + draws[1]) / 2}")  # the mask with the lowest draw, once
+    folder, result = run(tmp_path, "--backend", "process", "--workers", "2", "--eval-timeout", "3")
+    assert "(--eval-timeout 3 s) and was killed as hung during an evaluation; it is retried" in result.stderr
+    assert [row["retries"] for row in rows(folder)].count(1) == 1
+    assert computed(folder) == computed(local_run)
+
+
+@pytest.mark.parametrize(
+    "setting, slowest, limit",
+    [(5.0, None, 5.0), (5.0, 100.0, 5.0), (0.0, None, None), (0.0, 2.0, 60.0), (0.0, 30.0, 300.0)],
+)
+def test_the_automatic_eval_timeout_is_ten_times_the_slowest_with_a_floor(setting, slowest, limit):
+    assert backends.eval_limit(setting, slowest) == limit
+
+
 # --- packs: individuals trained together -----------------------------------------------------------------------------
 
 
