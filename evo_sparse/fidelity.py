@@ -21,8 +21,6 @@ Folder ``<runs_dir>/fidelity_<hash>/seed_<seed>/`` (the hash covers the run's se
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import random
 import statistics
 from collections.abc import Callable
@@ -93,13 +91,18 @@ class Plan:
         return self
 
     def folder(self) -> Path:
-        items = {k: v for k, v in self.base.hashed_items().items() if k not in VARIED}
-        blob = json.dumps(items | {"replicates": self.replicates}, sort_keys=True)
-        digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+        from evo_sparse.study import _hash  # the hash that names study and comparison folders
+
+        digest = _hash(fixed_items(self.base) | {"replicates": self.replicates})
         return Path(self.base.runs_dir) / f"fidelity_{digest}" / f"seed_{self.base.seed}"
 
     def samplings(self) -> list[str]:
         return list(dict.fromkeys(s.sampling for s in self.settings))
+
+
+def fixed_items(cfg: RunConfig) -> dict[str, Any]:
+    """The settings of ``cfg`` that differ from the defaults and that a fidelity study holds fixed (not ``VARIED``)."""
+    return {k: v for k, v in cfg.hashed_items().items() if k not in VARIED}
 
 
 def grid(samplings: list[str], train_images: list[int], lrs: list[float]) -> tuple[Setting, ...]:
@@ -175,14 +178,12 @@ def execute(plan: Plan, *, log: Callable[[str], None] = print, show_progress: bo
 
 def _check_config(root: Path, base: RunConfig) -> None:
     path = root / "config.json"
-    fixed = dataclasses.replace(base, train=dataclasses.replace(base.train, replicates=1))
     if path.exists():
         saved = RunConfig.from_dict({k: v for k, v in read_json(path, "fidelity config").items() if k != "schema"})
-        if {k: v for k, v in saved.hashed_items().items() if k not in VARIED} != {
-            k: v for k, v in fixed.hashed_items().items() if k not in VARIED
-        }:
+        if fixed_items(saved) != fixed_items(base):
             raise RunStateError(f"{path} was written by other settings; use another --runs-dir")
-    else:
+    else:  # the base config, with one training per fitness: the study's own --replicates is in its report
+        fixed = dataclasses.replace(base, train=dataclasses.replace(base.train, replicates=1))
         write_json(path, {"schema": SCHEMA_VERSION, **fixed.to_dict()})
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from evo_sparse.analysis import _clean  # a float for JSON, None for NaN or inf
+
 _CHUNK_ELEMENTS = 4_000_000  # bootstrap resamples are processed in chunks of at most this many values
 
 
@@ -161,10 +163,6 @@ def mean_pairwise_spearman(y: Any) -> float:
         if math.isfinite(rho):
             rhos.append(float(rho))
     return float(np.mean(rhos)) if rhos else math.nan
-
-
-def _clean(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
 
 
 def reliability(y: Any, *, target: float = 0.7, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
