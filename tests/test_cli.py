@@ -141,6 +141,8 @@ def test_options_override_the_preset(tmp_path):
         (["--algorithm", "annealing"], "--algorithm"),
         (["--seed", "-5"], "--seed must be an integer in 0..2**32-1"),
         (["--seed", str(2**32)], "--seed"),
+        (["--replicates", "0"], "--replicates must be at least 1"),
+        (["--eval-timeout", "-1"], "--eval-timeout must be 0 (automatic) or more seconds"),
         (["--preset", "cpu", "--data", "/nonexistent/cifar"], "/nonexistent/cifar"),
     ],
 )
