@@ -16,12 +16,12 @@ import random
 import statistics
 import time
 
-from evo_sparse import backends
-from evo_sparse.config import preset
-from evo_sparse.fitness import resolve_device
-from evo_sparse.masks import Layout, sample
-from evo_sparse.models import units
-from evo_sparse.runs import load_splits
+from evo_sparse.execution import backends
+from evo_sparse.foundations.config import preset
+from evo_sparse.models.masks import Layout, sample
+from evo_sparse.models.wrn import units
+from evo_sparse.runs.run import load_splits
+from evo_sparse.training.fitness import resolve_device
 
 
 def main() -> None:

@@ -13,12 +13,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from evo_sparse import models
-from evo_sparse.masks import Layout
+from evo_sparse.models import wrn
+from evo_sparse.models.masks import Layout
 
 
 def step_seconds(widths: dict[str, int], x: torch.Tensor, y: torch.Tensor, steps: int = 40) -> float:
-    model = models.WideResNet(16, 2, widths)
+    model = wrn.WideResNet(16, 2, widths)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     start = time.perf_counter()
     for _ in range(steps):
@@ -31,9 +31,9 @@ def step_seconds(widths: dict[str, int], x: torch.Tensor, y: torch.Tensor, steps
 
 def main() -> None:
     torch.set_num_threads(1)
-    layout = Layout.from_units(models.units(16, 2))
+    layout = Layout.from_units(wrn.units(16, 2))
     exact = dict(zip(layout.names, layout.layerwise_counts(0.8), strict=True))
-    full = {u.name: u.channels for u in models.units(16, 2)}
+    full = {u.name: u.channels for u in wrn.units(16, 2)}
 
     def rounded(k: int) -> dict[str, int]:
         return {n: min(full[n], math.ceil(c / k) * k) for n, c in exact.items()}

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from evo_sparse.config import (
+from evo_sparse.foundations.config import (
     ALGORITHMS,
     BACKENDS,
     CROSSOVERS,
@@ -24,7 +24,7 @@ from evo_sparse.config import (
     field_help,
     preset,
 )
-from evo_sparse.errors import ConfigError, EvoSparseError, Terminated
+from evo_sparse.foundations.errors import ConfigError, EvoSparseError, Terminated
 
 # option name -> (config key, click type)
 RUN_OPTIONS: dict[str, tuple[str, click.ParamType]] = {
@@ -160,7 +160,7 @@ def cli():
 @click.option("--quiet", is_flag=True, help="no progress lines")
 def run(preset: str | None, quiet: bool, **options):
     """Search node masks; prints the run folder last. Rerunning resumes it, or does nothing when it is finished."""
-    from evo_sparse.runs import execute
+    from evo_sparse.runs.run import execute
 
     cfg = build_config(preset, options)
     if preset is None:
@@ -168,8 +168,8 @@ def run(preset: str | None, quiet: bool, **options):
         _log(f"preset: {cfg.preset} ({why})")
     folder = execute(cfg, log=_log, show_progress=not quiet)
     if not quiet:
-        from evo_sparse.measurement import noise_line
-        from evo_sparse.runs import summarize
+        from evo_sparse.runs.run import summarize
+        from evo_sparse.stats.measurement import noise_line
 
         _log(noise_line(summarize(folder)["noise"]))
     click.echo(str(folder))
@@ -180,8 +180,8 @@ def run(preset: str | None, quiet: bool, **options):
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def show(run_dir: str, as_json: bool):
     """Summarise a run folder: settings, progress, logbook and the best mask."""
-    from evo_sparse.report import format_summary
-    from evo_sparse.runs import summarize
+    from evo_sparse.runs.report import format_summary
+    from evo_sparse.runs.run import summarize
 
     summary = summarize(run_dir)
     click.echo(json.dumps(summary, indent=1) if as_json else format_summary(summary))
@@ -209,9 +209,9 @@ def bench(
     device: str,
 ):
     """Time fitness evaluation: masked + DataLoader (a), compacted (b), whole population (c); prints JSON last."""
-    from evo_sparse.bench import bench_config, format_table, run_benchmark
-    from evo_sparse.fitness import resolve_device
-    from evo_sparse.runs import load_splits
+    from evo_sparse.runs.run import load_splits
+    from evo_sparse.study.bench import bench_config, format_table, run_benchmark
+    from evo_sparse.training.fitness import resolve_device
 
     try:
         levels = tuple(float(s) for s in sparsities.split(","))
@@ -259,7 +259,7 @@ def final_options(fn=None, *, seeds_option: str = "final-seeds"):
     if fn is None:
         return lambda f: final_options(f, seeds_option=seeds_option)
 
-    from evo_sparse.config import FinalConfig, final_field_help
+    from evo_sparse.foundations.config import FinalConfig, final_field_help
 
     kinds = {f.name: f for f in fields(FinalConfig)}
     for name, key in reversed(FINAL_OPTIONS.items()):
@@ -274,7 +274,7 @@ def final_options(fn=None, *, seeds_option: str = "final-seeds"):
 
 def build_final(preset_name: str, options: dict):
     """The preset's full-training recipe with every given FINAL_OPTIONS value applied, validated."""
-    from evo_sparse.config import final_preset
+    from evo_sparse.foundations.config import final_preset
 
     given = {FINAL_OPTIONS[k.replace("_", "-")]: v for k, v in options.items() if v is not None}
     return final_preset(preset_name).updated(given).validate()
@@ -311,8 +311,8 @@ def final(
 ):
     """Fully train a finished run's best K masks, K random masks of its sparsity and the dense parent; prints the
     folder of the results last. Rerunning trains only what is missing."""
-    from evo_sparse import final as final_training
-    from evo_sparse.study import StudyProgress
+    from evo_sparse.study import final as final_training
+    from evo_sparse.study.paper import StudyProgress
 
     cfg, _ = final_training.load_run(run_dir)
     fc = build_final(preset or cfg.preset, opts)
@@ -327,7 +327,7 @@ def final(
     records = final_training.execute(
         jobs, device=device or cfg.device, workers=cfg.workers if workers is None else workers, on_done=on_done
     )
-    from evo_sparse.analysis import analyse, format_analysis
+    from evo_sparse.stats.analysis import analyse, format_analysis
 
     click.echo(format_analysis(analyse(records)))
     click.echo(str(final_training.final_folder(run_dir, fc)))
@@ -342,9 +342,9 @@ def final(
 def paper(preset: str | None, sparsities: str, seeds: int, quiet: bool, **options):
     """The whole study: search, final training, statistics and figures for every sparsity and seed; prints the study
     folder last. Rerunning resumes it, or does nothing when it is finished."""
-    from evo_sparse.analysis import format_analysis
-    from evo_sparse.study import paper as run_paper
-    from evo_sparse.study import parse_list
+    from evo_sparse.stats.analysis import format_analysis
+    from evo_sparse.study.paper import paper as run_paper
+    from evo_sparse.study.paper import parse_list
 
     run_opts, final_opts = _split(options)
     levels = parse_list(sparsities, "sparsities")
@@ -368,8 +368,8 @@ def paper(preset: str | None, sparsities: str, seeds: int, quiet: bool, **option
 def compare(preset: str | None, algorithms: str, runs: int, final_train: bool, quiet: bool, **options):
     """GA vs Random Search at an equal budget of fitness evaluations: best-so-far curves and tests; prints the
     comparison folder last."""
-    from evo_sparse.study import compare as run_compare
-    from evo_sparse.study import format_comparison, parse_list
+    from evo_sparse.study.paper import compare as run_compare
+    from evo_sparse.study.paper import format_comparison, parse_list
 
     names = parse_list(algorithms, "algorithms", str)
     run_opts, final_opts = _split(options)
@@ -419,8 +419,8 @@ def fidelity(
 ):
     """Measure how much of a fitness value is the mask: M masks trained R times at each budget and rate; prints the
     table, then the study folder last. Rerunning trains only what is missing."""
-    from evo_sparse import fidelity as study
-    from evo_sparse.study import parse_list
+    from evo_sparse.study import fidelity as study
+    from evo_sparse.study.paper import parse_list
 
     cfg = build_config(preset, options)
     sampling_list = parse_list(samplings, "sampling", str) if samplings else [cfg.search.sampling]
@@ -444,7 +444,7 @@ def fidelity(
 def plot(folders: tuple[str, ...], out: str):
     """Draw the figures of study, comparison, run or final-training folders (PNG, PDF and a JSON sidecar each);
     prints each figure, then the output folder last. Never trains."""
-    from evo_sparse.plots import draw_all, load
+    from evo_sparse.study.plots import draw_all, load
 
     for path in draw_all(load(list(folders)), out):
         click.echo(str(path))

@@ -19,8 +19,10 @@ from unittest import mock
 from click.testing import CliRunner
 from reliability import EXIT_INTERRUPTED, arguments, run_in_process, state_files
 
-from evo_sparse import __version__, checkpoint, faults, storage
+from evo_sparse import __version__
 from evo_sparse.cli import cli
+from evo_sparse.foundations import faults, storage
+from evo_sparse.runs import checkpoint
 
 
 @dataclass(frozen=True)
@@ -72,10 +74,10 @@ def _lines_edit(change: Callable[[list[bytes]], list[bytes]]) -> Callable[[Path]
 
 
 def _other_network_mask(ckpt: dict) -> None:
-    from evo_sparse import models
-    from evo_sparse.masks import Layout, Mask, sample
+    from evo_sparse.models import wrn
+    from evo_sparse.models.masks import Layout, Mask, sample
 
-    layout = Layout.from_units(models.units(16, 1))
+    layout = Layout.from_units(wrn.units(16, 1))
     ckpt["population"][0]["mask"] = Mask(layout, tuple(sample(layout, 0.5))).encode()
 
 
@@ -239,13 +241,13 @@ BAD_INPUTS: list[BadInput] = [
         "runs folder not writable",
         copy_base,
         "(Permission denied)",
-        patch=_failing("evo_sparse.storage.tempfile.mkstemp", errno.EACCES),
+        patch=_failing("evo_sparse.foundations.storage.tempfile.mkstemp", errno.EACCES),
     ),
     BadInput(
         "disk full",
         copy_base,
         "(No space left on device); free some space",
-        patch=_failing("evo_sparse.storage.os.write", errno.ENOSPC),
+        patch=_failing("evo_sparse.foundations.storage.os.write", errno.ENOSPC),
     ),
 ]
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from evo_sparse.seeds import seed_everything
+from evo_sparse.foundations.seeds import seed_everything
 
 torch.set_num_threads(1)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from evo_sparse import analysis
+from evo_sparse.stats import analysis
 
 
 def row(kind, index, final, *, sparsity=0.5, seed=0, train_seed=0, early=0.3, heldout=None, curve=None):

@@ -15,11 +15,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from evo_sparse import backends, faults
-from evo_sparse.backends import Plan, in_order, plan
 from evo_sparse.cli import cli
-from evo_sparse.config import preset
-from evo_sparse.errors import ConfigError
+from evo_sparse.execution import backends
+from evo_sparse.execution.backends import Plan, in_order, plan
+from evo_sparse.foundations import faults
+from evo_sparse.foundations.config import preset
+from evo_sparse.foundations.errors import ConfigError
 
 SMOKE = ["run", "--preset", "smoke", "--quiet"]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from evo_sparse import models
 from evo_sparse.cli import RUN_OPTIONS, cli
-from evo_sparse.config import RunConfig, flat_items, preset
-from evo_sparse.masks import Layout, Mask
-from evo_sparse.runs import read_config
+from evo_sparse.foundations.config import RunConfig, flat_items, preset
+from evo_sparse.models import wrn
+from evo_sparse.models.masks import Layout, Mask
+from evo_sparse.runs.run import read_config
 
 SMOKE = ["run", "--preset", "smoke", "--generations", "3", "--pop", "6", "--keep", "3", "--sparsity", "0.5", "--quiet"]
 
@@ -60,7 +60,7 @@ def test_smoke_run_writes_a_readable_run_folder(smoke_run):
     assert [e["nevals"] for e in summary["logbook"]] == [6, 3, 3]
     assert summary["population_size"] == 6 and summary["keep"] == 3 and len(summary["population"]) == 6
     assert summary["model"] == {**summary["model"], "depth": 10, "width": 1}
-    layout = Layout.from_units(models.units(10, 1))
+    layout = Layout.from_units(wrn.units(10, 1))
     counts = layout.layerwise_counts(0.5)
     for entry in summary["population"] + [summary["best"]]:
         assert tuple(Mask.decode(layout, entry["mask"]).widths().values()) == counts
@@ -164,7 +164,7 @@ def test_show_on_a_folder_that_is_not_a_run(tmp_path):
 def test_ga_run_keeps_exact_sparsity(tmp_path):
     folder = run_smoke(tmp_path, "--algorithm", "ga", "--sparsity", "0.8")
     summary = json.loads(invoke("show", str(folder), "--json").stdout)
-    layout = Layout.from_units(models.units(10, 1))
+    layout = Layout.from_units(wrn.units(10, 1))
     assert summary["algorithm"] == "ga" and summary["generations_done"] == 3
     assert all(0 < e["nevals"] <= 3 for e in summary["logbook"][1:])  # only changed offspring are evaluated
     for entry in summary["population"]:
@@ -181,8 +181,8 @@ def test_compile_is_a_flag_for_cuda_and_stops_on_the_cpu(tmp_path, monkeypatch):
 def test_compile_wraps_the_training_step(monkeypatch):
     import torch
 
-    from evo_sparse.config import TrainConfig
-    from evo_sparse.train import forward_of
+    from evo_sparse.foundations.config import TrainConfig
+    from evo_sparse.training.trainer import forward_of
 
     seen = []
     monkeypatch.setattr(torch, "compile", lambda m: seen.append(m) or m)

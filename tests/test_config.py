@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from evo_sparse import config
-from evo_sparse.config import PRESETS, RunConfig
-from evo_sparse.errors import ConfigError
+from evo_sparse.foundations import config
+from evo_sparse.foundations.config import PRESETS, RunConfig
+from evo_sparse.foundations.errors import ConfigError
 
 PRESET_NAMES = ("smoke", "cpu", "paper")
 
@@ -108,7 +108,7 @@ def test_run_hash_differs_between_sparsities_and_is_stable():
 
 def test_run_hash_is_the_same_in_another_process():
     code = (
-        "from evo_sparse.config import preset; "
+        "from evo_sparse.foundations.config import preset; "
         "print(*(preset(n).updated({'search.sparsity': 0.9, 'seed': 3}).run_hash() for n in ('smoke', 'paper')))"
     )
     outs = {

@@ -1,4 +1,4 @@
-"""Tests for evo_sparse.data: finding, checking, caching and splitting CIFAR-10, synthetic data, batch ops.
+"""Tests for evo_sparse.training.data: finding, checking, caching and splitting CIFAR-10, synthetic data, batch ops.
 
 A tiny JPEG copy (3 train + 2 test images per class) is built in tmp_path; the expected per-class counts are
 shrunk to match. Nothing is downloaded: torchvision's download is replaced by a function that fails.
@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-import evo_sparse.data as data
-from evo_sparse.errors import DataError
+import evo_sparse.training.data as data
+from evo_sparse.foundations.errors import DataError
 
 N_TRAIN, N_TEST = 3, 2  # images per class in the tiny copy
 REAL_ARCHIVE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -387,8 +387,8 @@ def test_balanced_order_keeps_order_within_a_class():
 
 
 def test_fitness_with_few_validation_images_sees_every_class():
-    from evo_sparse.config import preset
-    from evo_sparse.fitness import Evaluator
+    from evo_sparse.foundations.config import preset
+    from evo_sparse.training.fitness import Evaluator
 
     cfg = preset("smoke").updated({"train.val_images": 50})
     splits = data.make_synthetic(seed=0, train_size=64, val_size=250, test_size=10)

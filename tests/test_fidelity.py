@@ -9,13 +9,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from evo_sparse import fidelity, measurement
 from evo_sparse.cli import cli
-from evo_sparse.config import preset
-from evo_sparse.data import make_synthetic
-from evo_sparse.fitness import Evaluator, combine
-from evo_sparse.masks import Mask, sample
-from evo_sparse.runs import summarize
+from evo_sparse.foundations.config import preset
+from evo_sparse.models.masks import Mask, sample
+from evo_sparse.runs.run import summarize
+from evo_sparse.stats import measurement
+from evo_sparse.study import fidelity
+from evo_sparse.training.data import make_synthetic
+from evo_sparse.training.fitness import Evaluator, combine
 
 DATA = make_synthetic(seed=0, train_size=256, val_size=250, test_size=10)
 CFG = preset("smoke").updated({"train.train_images": 256})

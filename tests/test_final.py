@@ -9,12 +9,12 @@ import random
 import pytest
 import torch
 
-from evo_sparse import final
-from evo_sparse.config import FINAL_PRESETS, FinalConfig, final_preset, preset
-from evo_sparse.errors import ConfigError
-from evo_sparse.fitness import Evaluator
-from evo_sparse.masks import Mask, sample
-from evo_sparse.runs import layout_of, load_splits
+from evo_sparse.foundations.config import FINAL_PRESETS, FinalConfig, final_preset, preset
+from evo_sparse.foundations.errors import ConfigError
+from evo_sparse.models.masks import Mask, sample
+from evo_sparse.runs.run import layout_of, load_splits
+from evo_sparse.study import final
+from evo_sparse.training.fitness import Evaluator
 
 
 @pytest.mark.parametrize("name", list(FINAL_PRESETS))

@@ -10,16 +10,24 @@ from itertools import combinations, pairwise
 import pytest
 from scipy.stats import chisquare
 
-from evo_sparse import models
-from evo_sparse.masks import ENCODING_PREFIX, Layout, Mask, MaskError, _count_weights, _global_unit_counts, sample
-from evo_sparse.search import mut_restart
+from evo_sparse.models import wrn
+from evo_sparse.models.masks import (
+    ENCODING_PREFIX,
+    Layout,
+    Mask,
+    MaskError,
+    _count_weights,
+    _global_unit_counts,
+    sample,
+)
+from evo_sparse.search.algorithms import mut_restart
 
 SPARSITIES = (0.0, 0.3, 0.5, 0.8, 0.9, 0.99)
 ARCHS = ((10, 1), (16, 2), (16, 8))
 
 
 def layout_of(depth: int, width: int) -> Layout:
-    return Layout.from_units(models.units(depth, width))
+    return Layout.from_units(wrn.units(depth, width))
 
 
 def unit_counts(layout: Layout, bits) -> list[int]:

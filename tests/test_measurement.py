@@ -1,4 +1,4 @@
-"""ICC(1), its bootstrap CI, replicate agreement and Spearman–Brown (evo_sparse.measurement)."""
+"""ICC(1), its bootstrap CI, replicate agreement and Spearman–Brown (evo_sparse.stats.measurement)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from evo_sparse.measurement import (
+from evo_sparse.stats.measurement import (
     bootstrap_icc,
     complete_rows,
     icc1,

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evo_sparse import models
-from evo_sparse.config import TrainConfig
-from evo_sparse.errors import ConfigError
-from evo_sparse.masks import Layout, Mask, compact_state, sample
-from evo_sparse.train import make_optimizer
+from evo_sparse.foundations.config import TrainConfig
+from evo_sparse.foundations.errors import ConfigError
+from evo_sparse.models import wrn
+from evo_sparse.models.masks import Layout, Mask, compact_state, sample
+from evo_sparse.training.trainer import make_optimizer
 
 ARCHS = ((10, 1), (16, 2))  # k = 1 (stem merged into stage 1, identity shortcut) and k > 1 (stem unit, projection)
 
@@ -22,12 +22,12 @@ def arch_id(a):
 
 
 def random_mask(depth: int, width: int, sparsity: float) -> Mask:
-    layout = Layout.from_units(models.units(depth, width))
+    layout = Layout.from_units(wrn.units(depth, width))
     return Mask(layout, tuple(sample(layout, sparsity)))
 
 
-def gated(depth: int, width: int, mask: Mask) -> models.WideResNet:
-    net = models.WideResNet(depth, width)
+def gated(depth: int, width: int, mask: Mask) -> wrn.WideResNet:
+    net = wrn.WideResNet(depth, width)
     net.set_gates(mask.gates(next(net.parameters())))
     return net
 
@@ -52,13 +52,13 @@ def masked_slices(name: str, tensor: torch.Tensor, units: tuple, mask: Mask):
 
 @pytest.mark.parametrize("arch", ARCHS + ((22, 1),), ids=arch_id)
 def test_output_shape(arch):
-    net = models.WideResNet(*arch)
+    net = wrn.WideResNet(*arch)
     for n in (1, 3):
-        assert net(torch.randn(n, 3, 32, 32)).shape == (n, models.NUM_CLASSES)
+        assert net(torch.randn(n, 3, 32, 32)).shape == (n, wrn.NUM_CLASSES)
 
 
 def test_units_of_wrn16_2():
-    us = models.units(16, 2)
+    us = wrn.units(16, 2)
     assert [(u.name, u.channels) for u in us] == [
         ("stem", 16),
         ("stage1", 32), ("stage1.block0.inner", 32), ("stage1.block1.inner", 32),
@@ -72,7 +72,7 @@ def test_units_of_wrn16_2():
 
 
 def test_units_of_wrn10_1_merge_the_stem_into_stage1():
-    us = models.units(10, 1)
+    us = wrn.units(10, 1)
     assert [(u.name, u.channels) for u in us] == [
         ("stage1", 16), ("stage1.block0.inner", 16),
         ("stage2", 32), ("stage2.block0.inner", 32),
@@ -80,14 +80,14 @@ def test_units_of_wrn10_1_merge_the_stem_into_stage1():
     ]  # fmt: skip
     assert "stem" not in {u.name for u in us}
     assert us[0].writers == ("stem", "stages.0.0.conv2")  # identity shortcut: no projection conv
-    net = models.WideResNet(10, 1)
+    net = wrn.WideResNet(10, 1)
     assert net.stages[0][0].shortcut is None and net.stages[1][0].shortcut is not None
 
 
 @pytest.mark.parametrize("arch", ARCHS + ((16, 8), (22, 1)), ids=arch_id)
 def test_unit_writers_are_the_layers_writing_into_the_unit(arch):
     with torch.device("meta"):
-        net = models.WideResNet(*arch)
+        net = wrn.WideResNet(*arch)
     pu = net.param_units()
     writers = {
         name.removesuffix(".weight")
@@ -97,7 +97,7 @@ def test_unit_writers_are_the_layers_writing_into_the_unit(arch):
         or name.endswith("shortcut.weight")
         or name == "stem.weight"
     }
-    for u in models.units(*arch):
+    for u in wrn.units(*arch):
         assert all(pu[w + ".weight"][0] == u.name for w in u.writers)
         writers -= set(u.writers)
     assert not writers  # every conv writes into exactly one declared unit
@@ -124,23 +124,23 @@ def _expected_params(depth: int, width: int) -> int:
     ids=lambda x: arch_id(x) if isinstance(x, tuple) else "",
 )
 def test_cost_params_match_the_wrn_paper(arch, published):
-    params, macs = models.cost(*arch)
+    params, macs = wrn.cost(*arch)
     assert params == _expected_params(*arch)
     assert abs(params - published) / published < 0.01
     assert macs > params  # convs are reused at every pixel
 
 
 def test_cost_of_wrn16_4_exact():
-    assert models.cost(16, 4)[0] == 2_748_890
+    assert wrn.cost(16, 4)[0] == 2_748_890
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=arch_id)
 def test_cost_matches_a_real_network_and_shrinks_with_the_mask(arch):
     mask = random_mask(*arch, 0.5)
-    params, macs = models.cost(*arch, mask.widths())
-    net = models.WideResNet(*arch, mask.widths())
+    params, macs = wrn.cost(*arch, mask.widths())
+    net = wrn.WideResNet(*arch, mask.widths())
     assert params == sum(p.numel() for p in net.parameters())
-    full_params, full_macs = models.cost(*arch)
+    full_params, full_macs = wrn.cost(*arch)
     assert full_params == _expected_params(*arch)
     # Channel sparsity s removes roughly 1-(1-s)^2 of the conv weights and MACs.
     assert 0.2 < params / full_params < 0.3
@@ -151,21 +151,21 @@ def test_cost_macs_of_wrn10_1_by_hand():
     # stem 32x32x16x27; stage1 (32x32): conv1,conv2 16->16; stage2 (16x16): 16->32, 32->32, 1x1 16->32;
     # stage3 (8x8): 32->64, 64->64, 1x1 32->64; fc 64x10.
     expected = 1024 * 16 * 27 + 2 * 1024 * 16 * 144 + 256 * 32 * (144 + 288 + 16) + 64 * 64 * (288 + 576 + 32) + 640
-    assert models.cost(10, 1)[1] == expected
+    assert wrn.cost(10, 1)[1] == expected
 
 
 @pytest.mark.parametrize("depth", (15, 4, 9, 12))
 def test_bad_depth_raises_config_error(depth):
     with pytest.raises(ConfigError, match="--depth"):
-        models.units(depth, 1)
+        wrn.units(depth, 1)
     with pytest.raises(ConfigError, match="--depth"):
-        models.WideResNet(depth, 1)
+        wrn.WideResNet(depth, 1)
     with pytest.raises(ConfigError):
-        models.cost(depth, 1)
+        wrn.cost(depth, 1)
 
 
 def test_bad_widths_are_refused():
-    full = {u.name: u.channels for u in models.units(10, 1)}
+    full = {u.name: u.channels for u in wrn.units(10, 1)}
     for widths in (
         {**full, "stage2": 0},
         {**full, "stage2": 33},
@@ -173,7 +173,7 @@ def test_bad_widths_are_refused():
         {**full, "stem": 16},
     ):
         with pytest.raises(ValueError, match="widths"):
-            models.WideResNet(10, 1, widths)
+            wrn.WideResNet(10, 1, widths)
 
 
 # --- param_units ------------------------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_bad_widths_are_refused():
 
 @pytest.mark.parametrize("arch", ARCHS + ((22, 1),), ids=arch_id)
 def test_param_units_cover_the_state_dict_exactly(arch):
-    full = models.WideResNet(*arch)
+    full = wrn.WideResNet(*arch)
     pu = full.param_units()
     sd = full.state_dict()
     assert set(pu) == set(sd)
@@ -189,7 +189,7 @@ def test_param_units_cover_the_state_dict_exactly(arch):
     assert {u for dims in pu.values() for u in dims if u is not None} == names
     sizes = {u.name: u.channels for u in full.units}
     mask = random_mask(*arch, 0.6)
-    small = models.WideResNet(*arch, mask.widths()).state_dict()
+    small = wrn.WideResNet(*arch, mask.widths()).state_dict()
     for key, dims in pu.items():
         assert all(unit is None for unit in dims[sd[key].dim() :]), key  # only real dims are indexed by units
         for dim, unit in enumerate(dims[: sd[key].dim()]):
@@ -204,7 +204,7 @@ def test_param_units_cover_the_state_dict_exactly(arch):
 # --- gating: masked nodes have no effect and get no gradient ----------------------------------------------------------
 
 
-def _perturb_masked(net: models.WideResNet, mask: Mask) -> None:
+def _perturb_masked(net: wrn.WideResNet, mask: Mask) -> None:
     """Overwrite every weight and BN entry of removed channels (as writer or reader) with large random values."""
     pu = net.param_units()
     with torch.no_grad():
@@ -269,7 +269,7 @@ def test_masked_nodes_get_exactly_zero_gradient(arch):
 
 
 def test_set_gates_none_restores_the_dense_network():
-    net = models.WideResNet(10, 1).eval()
+    net = wrn.WideResNet(10, 1).eval()
     x, _ = batch(2)
     dense = net(x)
     net.set_gates(random_mask(10, 1, 0.5).gates(x))
@@ -281,8 +281,8 @@ def test_set_gates_none_restores_the_dense_network():
 # --- compaction: the small dense network computes what the gated full network computes --------------------------------
 
 
-def _compacted(full: models.WideResNet, mask: Mask) -> models.WideResNet:
-    small = models.WideResNet(full.depth, full.width, mask.widths())
+def _compacted(full: wrn.WideResNet, mask: Mask) -> wrn.WideResNet:
+    small = wrn.WideResNet(full.depth, full.width, mask.widths())
     small.load_state_dict(compact_state(full.state_dict(), full.param_units(), mask))
     return small
 
@@ -338,7 +338,7 @@ def test_compacted_network_trains_like_gated_network(arch, dtype, lr, tol):
 
 
 def test_compact_state_copies_and_slices():
-    full = models.WideResNet(10, 1)
+    full = wrn.WideResNet(10, 1)
     mask = random_mask(10, 1, 0.5)
     state = full.state_dict()
     out = compact_state(state, full.param_units(), mask)
@@ -363,17 +363,17 @@ _TINY_NET_SCRIPT = textwrap.dedent("""
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(1)
-    from evo_sparse import models
-    from evo_sparse.config import TrainConfig
-    from evo_sparse.masks import Layout, Mask, sample
-    from evo_sparse.train import make_optimizer
+    from evo_sparse.models import wrn
+    from evo_sparse.foundations.config import TrainConfig
+    from evo_sparse.models.masks import Layout, Mask, sample
+    from evo_sparse.training.trainer import make_optimizer
     channels_last = sys.argv[1] == "channels_last"
     random.seed(0)
     torch.manual_seed(0)
-    layout = Layout.from_units(models.units(16, 2))
+    layout = Layout.from_units(wrn.units(16, 2))
     widths = Mask(layout, tuple(sample(layout, 0.9))).widths()
     assert widths["stem"] < 8 and widths["stage1"] < 8 and widths["stage2"] < 8, widths
-    net = models.WideResNet(16, 2, widths)
+    net = wrn.WideResNet(16, 2, widths)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net, TrainConfig())

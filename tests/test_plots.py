@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-from evo_sparse import plots
 from evo_sparse.cli import cli
-from evo_sparse.config import final_preset
-from evo_sparse.storage import write_json
+from evo_sparse.foundations.config import final_preset
+from evo_sparse.foundations.storage import write_json
+from evo_sparse.study import plots
 
 
 def fabricated_rows(source: str = "runs/weedout_x/seed_0") -> list[dict]:

@@ -16,14 +16,15 @@ import pytest
 import torch
 from torch import nn
 
-from evo_sparse import models, population
-from evo_sparse.config import TrainConfig, preset
-from evo_sparse.data import make_synthetic, normalize
-from evo_sparse.errors import ConfigError
-from evo_sparse.fitness import Evaluator
-from evo_sparse.masks import Layout, Mask, compact_state, sample
-from evo_sparse.population import PopulationWRN, evaluate_masks, evaluate_population, train_population
-from evo_sparse.train import CHECK_EVERY, BatchStream, NonFiniteLoss, evaluate, train
+from evo_sparse.foundations.config import TrainConfig, preset
+from evo_sparse.foundations.errors import ConfigError
+from evo_sparse.models import wrn
+from evo_sparse.models.masks import Layout, Mask, compact_state, sample
+from evo_sparse.training import population
+from evo_sparse.training.data import make_synthetic, normalize
+from evo_sparse.training.fitness import Evaluator
+from evo_sparse.training.population import PopulationWRN, evaluate_masks, evaluate_population, train_population
+from evo_sparse.training.trainer import CHECK_EVERY, BatchStream, NonFiniteLoss, evaluate, train
 
 DATA = make_synthetic(seed=3, train_size=256, val_size=64, test_size=10)
 
@@ -41,9 +42,9 @@ class Double(nn.Module):
 
 def setup(depth, width, sparsity, p, *, steps=4, batch=16, seed=0):
     torch.manual_seed(seed)
-    net = models.WideResNet(depth, width)
+    net = wrn.WideResNet(depth, width)
     parent, units = net.state_dict(), net.param_units()
-    layout = Layout.from_units(models.units(depth, width))
+    layout = Layout.from_units(wrn.units(depth, width))
     masks = [Mask(layout, tuple(sample(layout, sparsity))) for _ in range(p)]
     stream = BatchStream.draw(DATA.train_x, DATA.train_y, total=steps * batch, batch_size=batch, seed=seed)
     return parent, units, masks, stream
@@ -51,7 +52,7 @@ def setup(depth, width, sparsity, p, *, steps=4, batch=16, seed=0):
 
 def one_by_one(depth, width, parent, units, mask, stream, cfg, double, poison=None):
     """(state dict, validation logits, accuracy, train loss or the NonFiniteLoss message) of ``mask`` trained alone."""
-    net = models.WideResNet(depth, width, mask.widths())
+    net = wrn.WideResNet(depth, width, mask.widths())
     net.load_state_dict(compact_state(parent, units, mask))
     model = Double(net) if double else net
     if poison:
@@ -110,7 +111,7 @@ def test_each_individual_trains_as_it_would_alone_float64(depth, width, sparsity
         assert scores[i][0] == acc
         assert results[i].reason is None and results[i].train_loss == pytest.approx(loss, rel=1e-12)
         # the unstacked individual is a plain WRN that computes what the population computes for it
-        net = models.WideResNet(depth, width, mask.widths()).double()
+        net = wrn.WideResNet(depth, width, mask.widths()).double()
         net.load_state_dict(got)
         torch.testing.assert_close(net.eval()(normalize_val().double()), logits[:, i], rtol=1e-12, atol=1e-12)
 
@@ -233,7 +234,7 @@ class FakeEvaluator:
 
 
 def test_out_of_memory_splits_a_population_and_other_errors_go_one_by_one(monkeypatch):
-    layout = Layout.from_units(models.units(10, 1))
+    layout = Layout.from_units(wrn.units(10, 1))
     masks = [Mask(layout, tuple(sample(layout, 0.5))) for _ in range(5)] + [Mask(layout, tuple(sample(layout, 0.7)))]
     seen = []
 
@@ -266,10 +267,10 @@ def test_out_of_memory_splits_a_population_and_other_errors_go_one_by_one(monkey
 
 
 def test_masks_with_an_injected_fault_take_the_one_by_one_path(monkeypatch):
-    faults = pytest.importorskip("evo_sparse.faults")
+    faults = pytest.importorskip("evo_sparse.foundations.faults")
     monkeypatch.setenv(faults.ENV, "fail=1")
     monkeypatch.setattr(population, "_evaluate_piece", lambda *_: pytest.fail("trained as a population"))
-    layout = Layout.from_units(models.units(10, 1))
+    layout = Layout.from_units(wrn.units(10, 1))
     masks = [Mask(layout, tuple(sample(layout, 0.5))) for _ in range(3)]
     assert [r["via"] for r in evaluate_masks(FakeEvaluator(), masks)] == ["alone"] * 3
 
@@ -279,12 +280,12 @@ _NARROW_SCRIPT = textwrap.dedent("""
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(1)
-    from evo_sparse import models
-    from evo_sparse.masks import Layout, Mask, sample
-    from evo_sparse.population import PopulationWRN, member_losses
+    from evo_sparse.models import wrn
+    from evo_sparse.models.masks import Layout, Mask, sample
+    from evo_sparse.training.population import PopulationWRN, member_losses
     random.seed(0)
     torch.manual_seed(0)
-    net = models.WideResNet(16, 2)
+    net = wrn.WideResNet(16, 2)
     layout = Layout.from_units(net.units)
     masks = [Mask(layout, tuple(sample(layout, 0.9))) for _ in range(3)]
     inputs = {}

@@ -17,14 +17,14 @@ import reliability as R
 import torch
 from click.testing import CliRunner
 
-from evo_sparse import fitness
-from evo_sparse.backends import cpu_cores
 from evo_sparse.cli import cli
-from evo_sparse.config import preset
-from evo_sparse.data import make_synthetic
-from evo_sparse.errors import DataError
-from evo_sparse.fitness import Evaluator
-from evo_sparse.masks import Mask, sample
+from evo_sparse.execution.backends import cpu_cores
+from evo_sparse.foundations.config import preset
+from evo_sparse.foundations.errors import DataError
+from evo_sparse.models.masks import Mask, sample
+from evo_sparse.training import fitness
+from evo_sparse.training.data import make_synthetic
+from evo_sparse.training.fitness import Evaluator
 
 FAULT_POINTS = ("kill-before-replace=config.json", "kill-mid-journal=2", "kill-before-replace=checkpoint.json")
 
@@ -298,7 +298,7 @@ def test_nothing_in_the_package_unpickles_a_file():
 
 
 def test_the_fault_hooks_are_off_unless_asked(monkeypatch):
-    from evo_sparse import faults
+    from evo_sparse.foundations import faults
 
     monkeypatch.delenv(faults.ENV, raising=False)
     assert faults.spec() == {} and faults.fitness_fault(0, "m1:abc:def") is None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evo_sparse.backends import UNGUARDED
+from evo_sparse.execution.backends import UNGUARDED
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -46,14 +46,14 @@ def test_readme_examples_are_guarded():
 
 def test_a_script_without_the_guard_stops_with_one_line(tmp_path):
     code = (
-        "from evo_sparse.config import preset\n"
-        "from evo_sparse.runs import execute\n"
+        "from evo_sparse.foundations.config import preset\n"
+        "from evo_sparse.runs.run import execute\n"
         'cfg = preset("smoke").updated({"runs_dir": "runs", "backend": "process", "workers": 2})\n'
         "execute(cfg)\n"
     )
     done = run_script(tmp_path, code)
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1] == f"evo_sparse.errors.ConfigError: {UNGUARDED}"
+    assert done.stderr.strip().splitlines()[-1] == f"evo_sparse.foundations.errors.ConfigError: {UNGUARDED}"
     assert "if __name__" in UNGUARDED and "backend" in UNGUARDED
     journals = list(tmp_path.glob("runs/**/evaluations.jsonl"))
     assert all(j.read_text() == "" for j in journals)  # nothing recorded, failed or not

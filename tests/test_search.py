@@ -10,9 +10,9 @@ from itertools import pairwise
 
 import pytest
 
-from evo_sparse.config import SearchConfig
-from evo_sparse.masks import Layout, Mask, MaskError, sample
-from evo_sparse.search import (
+from evo_sparse.foundations.config import SearchConfig
+from evo_sparse.models.masks import Layout, Mask, MaskError, sample
+from evo_sparse.search.algorithms import (
     FAILED_FITNESS,
     Hooks,
     SearchState,
@@ -519,7 +519,7 @@ def test_evolve_on_a_finished_state_does_nothing():
 
 
 def test_search_imports_without_torch():
-    code = "import sys, evo_sparse.search, evo_sparse.masks; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, evo_sparse.search.algorithms, evo_sparse.models.masks; assert 'torch' not in sys.modules, 'torch imported'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 

@@ -7,9 +7,16 @@ import os
 
 import pytest
 
-from evo_sparse import storage
-from evo_sparse.errors import RunStateError
-from evo_sparse.storage import append_jsonl, folder_lock, read_json, read_jsonl, remove_temp_files, write_json
+from evo_sparse.foundations import storage
+from evo_sparse.foundations.errors import RunStateError
+from evo_sparse.foundations.storage import (
+    append_jsonl,
+    folder_lock,
+    read_json,
+    read_jsonl,
+    remove_temp_files,
+    write_json,
+)
 
 
 def leftovers(folder):

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from evo_sparse import final, plots, runs
 from evo_sparse.cli import FINAL_OPTIONS, cli
-from evo_sparse.config import FinalConfig
-from evo_sparse.fitness import Evaluator
-from evo_sparse.masks import Mask
-from evo_sparse.study import ROW_KEYS
+from evo_sparse.foundations.config import FinalConfig
+from evo_sparse.models.masks import Mask
+from evo_sparse.runs import run
+from evo_sparse.study import final, plots
+from evo_sparse.study.paper import ROW_KEYS
+from evo_sparse.training.fitness import Evaluator
 
 # Seconds, not minutes: one generation, one seed, small validation and test splits, one epoch of full training.
 SMALL = ["--preset", "smoke", "--generations", "1", "--pop", "3", "--keep", "2", "--val-size", "100"]
@@ -94,7 +95,7 @@ def test_early_fitness_is_the_search_fitness_procedure(study):
     found = next(r for r in rows if r["kind"] == "found")
     random = next(r for r in rows if r["kind"] == "random")
     cfg, _ = final.load_run(study / found["source"])
-    splits = runs.load_splits(cfg, log=lambda _: None)
+    splits = run.load_splits(cfg, log=lambda _: None)
     evaluator = Evaluator(cfg, splits)
     heldout = Evaluator(cfg, splits, replicates=[cfg.train.replicates])  # a replicate the search never trained under
     for row in (found, random):
@@ -181,10 +182,10 @@ def test_bad_input_exits_2_with_one_line_before_any_work(tmp_path, args, needle)
 def test_final_refuses_folders_that_are_not_finished_runs(tmp_path):
     result = CliRunner().invoke(cli, ["final", str(tmp_path)])
     assert result.exit_code == 2 and "not a run folder" in result.stderr
-    from evo_sparse.config import preset
+    from evo_sparse.foundations.config import preset
 
-    paths = runs.RunPaths(tmp_path / "run")
-    runs.write_config(paths, preset("smoke"))
+    paths = run.RunPaths(tmp_path / "run")
+    run.write_config(paths, preset("smoke"))
     result = CliRunner().invoke(cli, ["final", str(paths.root)])
     assert result.exit_code == 2 and "unfinished" in result.stderr and len(result.stderr.splitlines()) == 1
 

@@ -36,9 +36,9 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import wait
 from typing import Any
 
-from evo_sparse import faults
-from evo_sparse.config import RunConfig, pack_size
-from evo_sparse.errors import ConfigError, EvoSparseError
+from evo_sparse.foundations import faults
+from evo_sparse.foundations.config import RunConfig, pack_size
+from evo_sparse.foundations.errors import ConfigError, EvoSparseError
 
 CPU_THREADS = 1  # per evaluation: deterministic, and immune to oversubscribed cores; parallelism comes from workers
 RAY_MISSING = "--backend ray needs Ray, an optional extra not installed here: pip install 'evo-sparse[ray]'"
@@ -142,7 +142,7 @@ def start(where: Plan, cfg: RunConfig, splits, log: Callable[[str], None] = lamb
         return ProcessMap(cfg, devices=where.devices, log=log)
     if where.backend == "ray":
         return RayMap(cfg, splits, in_flight=where.in_flight, log=log)
-    from evo_sparse.fitness import Evaluator
+    from evo_sparse.training.fitness import Evaluator
 
     return LocalMap(Evaluator(cfg, splits, where.devices[0] if where.devices else "cpu"))
 
@@ -171,7 +171,7 @@ def _finished(positions: list[int | None], records: list, attempt: int) -> Itera
 
 def _lost_records(cfg: RunConfig, task: Task, reason: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(position, failed record)`` for each individual of a task that never finished."""
-    from evo_sparse.fitness import lost_record
+    from evo_sparse.training.fitness import lost_record
 
     positions, genomes, attempt = task
     return _finished(positions, [None if g is None else lost_record(cfg, g, reason) for g in genomes], attempt)
@@ -189,8 +189,8 @@ def _evaluator(cfg_dict: dict[str, Any], device: str, splits: Callable | None = 
     if _worker.get("key") != key:
         import torch
 
-        from evo_sparse.fitness import Evaluator
-        from evo_sparse.runs import load_splits
+        from evo_sparse.runs.run import load_splits
+        from evo_sparse.training.fitness import Evaluator
 
         _worker.clear()
         torch.set_num_threads(CPU_THREADS)
@@ -203,7 +203,7 @@ def _evaluator(cfg_dict: dict[str, Any], device: str, splits: Callable | None = 
 def _evaluate_in_worker(cfg_dict, device: str, genomes: list[list[int]], attempt: int, splits=None) -> list[dict]:
     evaluator = _evaluator(cfg_dict, device, splits)
     if faults.spec():  # test hook: this worker dies here when EVO_SPARSE_FAULT says so
-        from evo_sparse.masks import Mask
+        from evo_sparse.models.masks import Mask
 
         for genome in filter(None, genomes):
             faults.crash_worker(_worker["seed"], Mask(evaluator.layout, tuple(genome)).encode(), attempt)

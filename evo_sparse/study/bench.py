@@ -23,13 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evo_sparse import models
-from evo_sparse.backends import CPU_THREADS, ProcessMap, cpu_cores
-from evo_sparse.config import RunConfig
-from evo_sparse.data import MEAN, STD, Splits
-from evo_sparse.fitness import Evaluator, parent_state
-from evo_sparse.masks import Layout, Mask, sample
-from evo_sparse.train import evaluate, lr_at, make_optimizer
+from evo_sparse.execution.backends import CPU_THREADS, ProcessMap, cpu_cores
+from evo_sparse.foundations.config import RunConfig
+from evo_sparse.models import wrn
+from evo_sparse.models.masks import Layout, Mask, sample
+from evo_sparse.training.data import MEAN, STD, Splits
+from evo_sparse.training.fitness import Evaluator, parent_state
+from evo_sparse.training.trainer import evaluate, lr_at, make_optimizer
 
 
 def masked_dataloader_fitness(cfg: RunConfig, splits: Splits, mask: Mask, device: torch.device) -> float:
@@ -51,7 +51,7 @@ def masked_dataloader_fitness(cfg: RunConfig, splits: Splits, mask: Mask, device
     t = cfg.train
     transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
     loader = DataLoader(Images(splits.train_x, splits.train_y, transform), batch_size=t.batch_size, shuffle=True)
-    model = models.WideResNet(cfg.model.depth, cfg.model.width)
+    model = wrn.WideResNet(cfg.model.depth, cfg.model.width)
     model.load_state_dict(parent_state(cfg))
     model.to(device)
     model.set_gates(mask.gates(torch.zeros((), device=device)))
@@ -88,7 +88,7 @@ def population_paths(cfg: RunConfig, evaluator: Evaluator, device: torch.device,
 
     ``batched``: this process, populations of ``pack`` (all of them on a GPU); ``workers``: one worker process per
     core, one network at a time each; ``workers_packed``: the same workers, ``--pack pack`` (as a run does it)."""
-    from evo_sparse.population import evaluate_masks
+    from evo_sparse.training.population import evaluate_masks
 
     chunk = pack if device.type == "cpu" else None
     paths: dict[str, Callable] = {"batched": lambda ms: [r["fitness"] for r in evaluate_masks(evaluator, ms, chunk)]}
@@ -148,7 +148,7 @@ def run_benchmark(
             getattr(fn, "close", lambda: None)()
     images = cfg.train.train_images // cfg.train.batch_size * cfg.train.batch_size
     macs = {
-        s: statistics.mean(models.cost(cfg.model.depth, cfg.model.width, m.widths())[1] for m in masks[s])
+        s: statistics.mean(wrn.cost(cfg.model.depth, cfg.model.width, m.widths())[1] for m in masks[s])
         for s in sparsities
     }
     needed = {s: 6 * macs[s] * images + 2 * macs[s] * len(evaluator.val_x) for s in sparsities}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from evo_sparse.measurement import noise_line
+from evo_sparse.stats.measurement import noise_line
 
 
 def _num(value: float | None, fmt: str = ".4f") -> str:

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from evo_sparse import faults
-from evo_sparse.errors import RunStateError
+from evo_sparse.foundations import faults
+from evo_sparse.foundations.errors import RunStateError
 
 SCHEMA_VERSION = 2  # of every state file: config.json, environment.json, checkpoint.json and each journal row
 

@@ -28,9 +28,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from evo_sparse import analysis
-from evo_sparse.errors import EvoSparseError
-from evo_sparse.storage import read_json, write_json
+from evo_sparse.foundations.errors import EvoSparseError
+from evo_sparse.foundations.storage import read_json, write_json
+from evo_sparse.stats import analysis
 
 FIGURES = (
     "accuracy_vs_sparsity",
@@ -61,7 +61,8 @@ class Material:
 
 def load(folders: list[str | Path]) -> Material:
     """Read study, comparison, run and ``final_<hash>`` folders; EvoSparseError for a folder that is none of them."""
-    from evo_sparse import final, runs
+    from evo_sparse.runs import run
+    from evo_sparse.study import final
 
     m = Material()
     for folder in map(Path, folders):
@@ -69,19 +70,19 @@ def load(folders: list[str | Path]) -> Material:
             rows = read_json(folder / RESULTS, "study results")
             m.rows += [r | {"source": os.path.normpath(folder / r["source"])} for r in rows]
             study = read_json(folder / STUDY, "study description")
-            m.runs += [runs.summarize(os.path.normpath(folder / r)) for r in study["runs"]]
+            m.runs += [run.summarize(os.path.normpath(folder / r)) for r in study["runs"]]
         elif (folder / COMPARISON).exists():
             comparison = read_json(folder / COMPARISON, "comparison")
             for r in comparison["runs"]:
                 r["run_dir"] = os.path.normpath(folder / r["run_dir"])
             m.comparisons.append(comparison)
-            m.runs += [runs.summarize(r["run_dir"]) for r in comparison["runs"]]
+            m.runs += [run.summarize(r["run_dir"]) for r in comparison["runs"]]
         elif (folder / FIDELITY).exists():
             m.fidelity.append((str(folder), read_json(folder / FIDELITY, "fidelity report")))
         elif (folder / RECIPE).exists():
             m.rows += final.read_results(folder)
         elif (folder / "checkpoint.json").exists():
-            m.runs.append(runs.summarize(folder))
+            m.runs.append(run.summarize(folder))
             m.rows += final.run_results(folder)
         elif folder.name.startswith("seed_") and folder.parent.name.startswith("dense_"):
             m.rows += [r for f in sorted(folder.glob("final_*")) for r in final.read_results(f)]

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evo_sparse import measurement
-from evo_sparse.config import RunConfig, final_preset
-from evo_sparse.errors import ConfigError, RunStateError
-from evo_sparse.masks import Layout, Mask, sample
-from evo_sparse.seeds import derive
-from evo_sparse.storage import SCHEMA_VERSION, append_jsonl, folder_lock, read_json, read_jsonl, write_json
+from evo_sparse.foundations.config import RunConfig, final_preset
+from evo_sparse.foundations.errors import ConfigError, RunStateError
+from evo_sparse.foundations.seeds import derive
+from evo_sparse.foundations.storage import SCHEMA_VERSION, append_jsonl, folder_lock, read_json, read_jsonl, write_json
+from evo_sparse.models.masks import Layout, Mask, sample
+from evo_sparse.stats import measurement
 
 NO_EARLY = {"status": "not measured"}  # a reference training needs no early fitness of its own
 VARIED = ("train.train_images", "train.lr", "search.sampling", "train.replicates")
@@ -91,7 +91,7 @@ class Plan:
         return self
 
     def folder(self) -> Path:
-        from evo_sparse.study import _hash  # the hash that names study and comparison folders
+        from evo_sparse.study.paper import _hash  # the hash that names study and comparison folders
 
         digest = _hash(fixed_items(self.base) | {"replicates": self.replicates})
         return Path(self.base.runs_dir) / f"fidelity_{digest}" / f"seed_{self.base.seed}"
@@ -124,10 +124,10 @@ def masks_for(layout: Layout, cfg: RunConfig, sampling: str, count: int) -> list
 
 def execute(plan: Plan, *, log: Callable[[str], None] = print, show_progress: bool = True) -> tuple[Path, dict]:
     """Train what is missing, then write and return the report; (folder, report)."""
-    from evo_sparse import backends
-    from evo_sparse.fitness import resolve_device
-    from evo_sparse.runs import layout_of, load_splits
-    from evo_sparse.study import StudyProgress
+    from evo_sparse.execution import backends
+    from evo_sparse.runs.run import layout_of, load_splits
+    from evo_sparse.study.paper import StudyProgress
+    from evo_sparse.training.fitness import resolve_device
 
     backends.refuse_while_bootstrapping()
     plan.validate()
@@ -170,7 +170,7 @@ def execute(plan: Plan, *, log: Callable[[str], None] = print, show_progress: bo
         reference = _reference(plan, root, masks, device, log) if plan.reference_epochs else {}
         report = summarize(plan, done, reference)
         write_json(root / "fidelity.json", report)
-    from evo_sparse.plots import fidelity as draw
+    from evo_sparse.study.plots import fidelity as draw
 
     draw(report, root)
     return root, report
@@ -188,7 +188,7 @@ def _check_config(root: Path, base: RunConfig) -> None:
 
 
 def _work(cfg: RunConfig, mask: Mask) -> float:
-    from evo_sparse.final import training_cost
+    from evo_sparse.study.final import training_cost
 
     return cfg.train.replicates * cfg.train.train_images * training_cost(cfg, mask.widths())
 
@@ -201,8 +201,8 @@ def _values(record: dict[str, Any]) -> str:
 
 def _reference(plan: Plan, root: Path, masks: dict[str, list[Mask]], device, log) -> dict[str, list[float | None]]:
     """Test accuracy of every mask after the preset's final recipe for ``reference_epochs`` epochs (one seed)."""
-    from evo_sparse import final
-    from evo_sparse.study import StudyProgress
+    from evo_sparse.study import final
+    from evo_sparse.study.paper import StudyProgress
 
     recipe = final_preset(plan.base.preset).updated({"epochs": plan.reference_epochs, "seeds": 1})
     jobs = []
@@ -236,7 +236,7 @@ def summarize(plan: Plan, rows: dict[tuple[str, int], dict[str, Any]], reference
     """The report: for every setting of ``plan`` and every one already measured in the folder (its first
     ``plan.masks`` masks), ``measurement.reliability`` of its [masks, replicates] fitness matrix, seconds per
     training and (with a reference) Kendall τ of the replicate means against the reference test accuracy."""
-    from evo_sparse.analysis import rank_correlation
+    from evo_sparse.stats.analysis import rank_correlation
 
     settings = []
     on_disk = {Setting.parse(k) for k, i in rows if i < plan.masks}

@@ -19,11 +19,11 @@ import torch
 from deap import creator, tools
 
 from evo_sparse import __version__
-from evo_sparse.config import RunConfig, flat_items
-from evo_sparse.errors import RunStateError
-from evo_sparse.masks import Layout, Mask
-from evo_sparse.search import SearchState, assign
-from evo_sparse.storage import SCHEMA_VERSION, read_json, write_json
+from evo_sparse.foundations.config import RunConfig, flat_items
+from evo_sparse.foundations.errors import RunStateError
+from evo_sparse.foundations.storage import SCHEMA_VERSION, read_json, write_json
+from evo_sparse.models.masks import Layout, Mask
+from evo_sparse.search.algorithms import SearchState, assign
 
 STATUSES = ("ok", "failed")  # a record's status (fitness.OK, fitness.FAILED; fitness imports torch models)
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from evo_sparse.analysis import _clean  # a float for JSON, None for NaN or inf
+from evo_sparse.stats.analysis import _clean  # a float for JSON, None for NaN or inf
 
 _CHUNK_ELEMENTS = 4_000_000  # bootstrap resamples are processed in chunks of at most this many values
 

@@ -20,18 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evo_sparse import models
-from evo_sparse.config import TrainConfig
-from evo_sparse.data import normalize
-from evo_sparse.errors import EvoSparseError
-from evo_sparse.masks import Mask, compact_state
-from evo_sparse.train import CHECK_EVERY, BatchStream, autocast, forward_of, prepare, scheduled_batches
+from evo_sparse.foundations.config import TrainConfig
+from evo_sparse.foundations.errors import EvoSparseError
+from evo_sparse.models import wrn
+from evo_sparse.models.masks import Mask, compact_state
+from evo_sparse.training.data import normalize
+from evo_sparse.training.trainer import CHECK_EVERY, BatchStream, autocast, forward_of, prepare, scheduled_batches
 
 _SHARED = "num_batches_tracked"  # the one state entry that is not per individual (every member counts the same steps)
 
 
 class GroupedBlock(nn.Module):
-    """``models.Block`` for P individuals at once: the same layers and names, convolutions grouped by individual."""
+    """``wrn.Block`` for P individuals at once: the same layers and names, convolutions grouped by individual."""
 
     def __init__(self, p: int, c_in: int, c_inner: int, c_out: int, stride: int, project: bool):
         super().__init__()
@@ -65,30 +65,30 @@ class BatchedLinear(nn.Module):
 class PopulationWRN(nn.Module):
     """P WRN-depth-width networks built at the same ``widths``; forward(x [B,3,32,32]) -> logits [B, P, 10].
 
-    Its state-dict keys are those of ``models.WideResNet``; every entry but ``num_batches_tracked`` holds the P
+    Its state-dict keys are those of ``wrn.WideResNet``; every entry but ``num_batches_tracked`` holds the P
     individuals' tensors concatenated along dim 0 (the classifier's stacked: [P, 10, C] and [P, 10]).
     """
 
     def __init__(self, depth: int, width: int, widths: dict[str, int], population: int):
         super().__init__()
         self.depth, self.width, self.widths, self.population = depth, width, dict(widths), population
-        w, n, p = self.widths, models.blocks_per_stage(depth), population
-        prev = models.stem_unit_name(width)
+        w, n, p = self.widths, wrn.blocks_per_stage(depth), population
+        prev = wrn.stem_unit_name(width)
         self.stem = nn.Conv2d(3, p * w[prev], 3, 1, 1, bias=False)
         self.stages = nn.ModuleList()
         for s in (1, 2, 3):
             blocks = nn.ModuleList()
             for b in range(n):
-                c_in = prev if b == 0 else models.stream(s)
+                c_in = prev if b == 0 else wrn.stream(s)
                 stride = 2 if (b == 0 and s > 1) else 1
-                project = c_in != models.stream(s)
-                blocks.append(GroupedBlock(p, w[c_in], w[models.inner(s, b)], w[models.stream(s)], stride, project))
+                project = c_in != wrn.stream(s)
+                blocks.append(GroupedBlock(p, w[c_in], w[wrn.inner(s, b)], w[wrn.stream(s)], stride, project))
             self.stages.append(blocks)
-            prev = models.stream(s)
-        self.bn = nn.BatchNorm2d(p * w[models.stream(3)])
-        self.fc = BatchedLinear(p, w[models.stream(3)], models.NUM_CLASSES)
+            prev = wrn.stream(s)
+        self.bn = nn.BatchNorm2d(p * w[wrn.stream(3)])
+        self.fc = BatchedLinear(p, w[wrn.stream(3)], wrn.NUM_CLASSES)
         with torch.device("meta"):
-            self._single = {k: v.shape for k, v in models.WideResNet(depth, width, widths).state_dict().items()}
+            self._single = {k: v.shape for k, v in wrn.WideResNet(depth, width, widths).state_dict().items()}
 
     @classmethod
     def from_masks(
@@ -123,7 +123,7 @@ class PopulationWRN(nn.Module):
         return tensor.unflatten(0, (self.population, -1))
 
     def unstack(self, i: int) -> dict[str, torch.Tensor]:
-        """Individual ``i``'s state dict (copies), loadable into ``models.WideResNet(depth, width, widths)``."""
+        """Individual ``i``'s state dict (copies), loadable into ``wrn.WideResNet(depth, width, widths)``."""
         one = {k: v if k.endswith(_SHARED) else self.member(v)[i] for k, v in self.state_dict().items()}
         return {k: v.reshape(self._single[k]).clone(memory_format=torch.contiguous_format) for k, v in one.items()}
 
@@ -311,11 +311,11 @@ def evaluate_masks(
 def _evaluate_piece(evaluator, masks: list[Mask], real: list[bool], replicate) -> list[dict[str, Any]]:
     """Records of the ``real`` ones of ``masks`` (equal widths; the others fill the population), trained as one
     population; raises what building or training raises."""
-    from evo_sparse.fitness import FAILED, OK  # here: fitness may come to import this module
+    from evo_sparse.training.fitness import FAILED, OK  # here: fitness may come to import this module
 
     cfg, dev = evaluator.cfg, evaluator.device
     start = time.perf_counter()
-    params, macs = models.cost(cfg.model.depth, cfg.model.width, masks[0].widths())
+    params, macs = wrn.cost(cfg.model.depth, cfg.model.width, masks[0].widths())
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(replicate.train_seed)  # any stray randomness is common to all individuals of a replicate
         model = PopulationWRN.from_masks(
@@ -353,7 +353,7 @@ def _evaluate_piece(evaluator, masks: list[Mask], real: list[bool], replicate) -
 def _injected_fault(seed: int, mask: Mask) -> bool:
     """Whether a test injects a fitness fault into this mask (``faults``): those take the one-by-one path."""
     try:
-        from evo_sparse.faults import fitness_fault
+        from evo_sparse.foundations.faults import fitness_fault
     except ImportError:
         return False
     return fitness_fault(seed, mask.encode()) is not None

@@ -31,11 +31,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from evo_sparse.config import STEP_MILESTONES, FinalConfig, RunConfig, SearchConfig, TrainConfig, train_split_size
-from evo_sparse.errors import ConfigError, RunStateError
-from evo_sparse.masks import Mask, sample
-from evo_sparse.seeds import derive
-from evo_sparse.storage import SCHEMA_VERSION, read_json, write_json
+from evo_sparse.foundations.config import (
+    STEP_MILESTONES,
+    FinalConfig,
+    RunConfig,
+    SearchConfig,
+    TrainConfig,
+    train_split_size,
+)
+from evo_sparse.foundations.errors import ConfigError, RunStateError
+from evo_sparse.foundations.seeds import derive
+from evo_sparse.foundations.storage import SCHEMA_VERSION, read_json, write_json
+from evo_sparse.models.masks import Mask, sample
 
 KINDS = ("found", "random", "dense")
 CHUNK_IMAGES = 8192  # images augmented at a time: bounds the memory of one epoch's augmentation
@@ -71,7 +78,7 @@ class Job:
     @property
     def work(self) -> float:
         """Its share of a progress estimate: ``images`` times the network's cost per image (``training_cost``)."""
-        from evo_sparse.runs import layout_of
+        from evo_sparse.runs.run import layout_of
 
         return self.images * training_cost(self.cfg, Mask.decode(layout_of(self.cfg), self.mask).widths())
 
@@ -83,9 +90,9 @@ OVERHEAD_MACS = 9e6
 
 def training_cost(cfg: RunConfig, widths: dict[str, int] | None) -> float:
     """Relative cost of one training image of ``cfg``'s network at ``widths`` (None: dense), for ETAs."""
-    from evo_sparse import models
+    from evo_sparse.models import wrn
 
-    return models.cost(cfg.model.depth, cfg.model.width, widths)[1] + OVERHEAD_MACS
+    return wrn.cost(cfg.model.depth, cfg.model.width, widths)[1] + OVERHEAD_MACS
 
 
 # --- folders -------------------------------------------------------------------------------------------------------
@@ -107,8 +114,8 @@ def dense_folder(cfg: RunConfig, runs_dir: Path) -> Path:
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
     """(config, checkpoint) of a finished run, both checked; RunStateError otherwise."""
-    from evo_sparse import checkpoint
-    from evo_sparse.runs import RunPaths, layout_of, read_config
+    from evo_sparse.runs import checkpoint
+    from evo_sparse.runs.run import RunPaths, layout_of, read_config
 
     paths = RunPaths(Path(run_dir))
     if not paths.config.exists():
@@ -125,7 +132,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
 
 def run_jobs(run_dir: str | Path, final: FinalConfig, *, dense: bool = True) -> list[Job]:
     """Jobs for a finished run: its best K masks, K random masks of the same sparsity, and (``dense``) the parent."""
-    from evo_sparse.runs import layout_of
+    from evo_sparse.runs.run import layout_of
 
     cfg, ckpt = load_run(run_dir)
     final.validate()
@@ -150,7 +157,7 @@ def run_jobs(run_dir: str | Path, final: FinalConfig, *, dense: bool = True) -> 
 
 def dense_jobs(cfg: RunConfig, runs_dir: Path, final: FinalConfig) -> list[Job]:
     """Jobs for the dense parent of ``cfg`` (its seed, network, data and brief training) under every training seed."""
-    from evo_sparse.runs import layout_of
+    from evo_sparse.runs.run import layout_of
 
     final.validate()
     check_batch_size(cfg, final)
@@ -193,7 +200,7 @@ def lr_at(step: int, steps: int, epochs: int, final: FinalConfig) -> float:
 
 def epoch_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, ...]]:
     """One epoch of augmented uint8 batches: a seeded shuffle (last partial batch dropped), cropped and flipped."""
-    from evo_sparse.data import augment_batch
+    from evo_sparse.training.data import augment_batch
 
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=g).to(x.device)
@@ -213,7 +220,7 @@ def heldout_replicate(cfg: RunConfig) -> int:
 
 def heldout_evaluator(cfg: RunConfig, splits, device: torch.device | str = "cpu"):
     """An ``Evaluator`` of ``cfg``'s fitness under only its held-out replicate (``heldout_replicate``)."""
-    from evo_sparse.fitness import Evaluator
+    from evo_sparse.training.fitness import Evaluator
 
     return Evaluator(cfg, splits, device, replicates=[heldout_replicate(cfg)])
 
@@ -228,9 +235,9 @@ def train_network(job: Job, evaluator, splits, heldout=None) -> dict[str, Any]:
     ``early_fitness`` is the search's record (found masks) or ``evaluator``'s measure; ``early_fitness_heldout`` is
     ``heldout``'s (default: ``heldout_evaluator`` of the job's config), None where that brief training failed.
     """
-    from evo_sparse import models
-    from evo_sparse.data import normalize
-    from evo_sparse.train import evaluate, make_optimizer
+    from evo_sparse.models import wrn
+    from evo_sparse.training.data import normalize
+    from evo_sparse.training.trainer import evaluate, make_optimizer
 
     start = time.perf_counter()
     f, cfg = job.final, job.cfg
@@ -239,7 +246,7 @@ def train_network(job: Job, evaluator, splits, heldout=None) -> dict[str, Any]:
     if heldout is None:
         heldout = heldout_evaluator(cfg, splits, evaluator.device)
     early_heldout = heldout.evaluate_mask(mask)
-    params, macs = models.cost(cfg.model.depth, cfg.model.width, mask.widths())
+    params, macs = wrn.cost(cfg.model.depth, cfg.model.width, mask.widths())
     record: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "kind": job.kind,
@@ -325,8 +332,8 @@ EVALUATORS_CACHED = 4  # the search's and the held-out evaluator of the last two
 def _context(cfg: RunConfig, device: torch.device, replicates: tuple[int, ...] | None = None):
     """(Evaluator, splits on the device) for ``cfg`` under ``replicates`` (None: the search's own), cached per data
     and per (run, replicates): the ``EVALUATORS_CACHED`` used last."""
-    from evo_sparse.fitness import Evaluator
-    from evo_sparse.runs import load_splits
+    from evo_sparse.runs.run import load_splits
+    from evo_sparse.training.fitness import Evaluator
 
     data_key = repr((cfg.data, str(device)))
     if _cache.get("data_key") != data_key:
@@ -357,7 +364,7 @@ def _work_indexed(item: tuple[int, Job]) -> tuple[int, dict[str, Any]]:
 
 
 def _init_worker() -> None:
-    from evo_sparse.backends import CPU_THREADS
+    from evo_sparse.execution.backends import CPU_THREADS
 
     torch.set_num_threads(CPU_THREADS)
 
@@ -379,8 +386,8 @@ def execute(
     On the CPU, ``workers`` spawned processes (0 = one per core, 1 = this process) train one network each at a time,
     with one thread each, so a result does not depend on the worker count.
     """
-    from evo_sparse.backends import cpu_cores
-    from evo_sparse.fitness import resolve_device
+    from evo_sparse.execution.backends import cpu_cores
+    from evo_sparse.training.fitness import resolve_device
 
     todo = pending(jobs)
     for job in {j.path.parent: j for j in todo}.values():  # one job per results folder

@@ -27,7 +27,7 @@ import os
 import signal
 import time
 
-from evo_sparse.seeds import derive
+from evo_sparse.foundations.seeds import derive
 
 ENV = "EVO_SPARSE_FAULT"
 FITNESS_FAULTS = ("fail", "nan", "oom")

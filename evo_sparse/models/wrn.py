@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evo_sparse.errors import ConfigError
+from evo_sparse.foundations.errors import ConfigError
 
 NUM_CLASSES = 10
 STEM = "stem"

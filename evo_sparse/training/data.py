@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evo_sparse.errors import DataError
+from evo_sparse.foundations.errors import DataError
 
 CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MEAN = (0.4914, 0.4822, 0.4465)  # per channel, pixels scaled to 0-1, over the 50,000 training images

@@ -20,14 +20,15 @@ from typing import Any
 
 import torch
 
-from evo_sparse import faults, models
-from evo_sparse.backends import CPU_THREADS
-from evo_sparse.config import RunConfig, TrainConfig, pack_size
-from evo_sparse.data import Splits
-from evo_sparse.errors import ConfigError, EvoSparseError
-from evo_sparse.masks import Layout, Mask, compact_state
-from evo_sparse.seeds import derive
-from evo_sparse.train import BatchStream, NonFiniteLoss, evaluate, train
+from evo_sparse.execution.backends import CPU_THREADS
+from evo_sparse.foundations import faults
+from evo_sparse.foundations.config import RunConfig, TrainConfig, pack_size
+from evo_sparse.foundations.errors import ConfigError, EvoSparseError
+from evo_sparse.foundations.seeds import derive
+from evo_sparse.models import wrn
+from evo_sparse.models.masks import Layout, Mask, compact_state
+from evo_sparse.training.data import Splits
+from evo_sparse.training.trainer import BatchStream, NonFiniteLoss, evaluate, train
 
 OK, FAILED = "ok", "failed"
 
@@ -54,7 +55,7 @@ def parent_state(cfg: RunConfig) -> dict[str, torch.Tensor]:
     """The parent network's initial weights: a pure function of (depth, width, seed), built on the CPU."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive(cfg.seed, "parent-init"))
-        return models.WideResNet(cfg.model.depth, cfg.model.width).state_dict()
+        return wrn.WideResNet(cfg.model.depth, cfg.model.width).state_dict()
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,9 @@ class Evaluator:
         self.device = torch.device(device)
         if self.device.type == "cpu":
             torch.set_num_threads(CPU_THREADS)  # fitness must not depend on the thread count (summation order)
-        self.layout = Layout.from_units(models.units(cfg.model.depth, cfg.model.width))
+        self.layout = Layout.from_units(wrn.units(cfg.model.depth, cfg.model.width))
         self.parent = parent_state(cfg)
-        self.param_units = models.WideResNet(cfg.model.depth, cfg.model.width).param_units()
+        self.param_units = wrn.WideResNet(cfg.model.depth, cfg.model.width).param_units()
         t = cfg.train
         splits = splits.to(self.device)
         indices = range(t.replicates) if replicates is None else replicates
@@ -121,9 +122,9 @@ class Evaluator:
     def __call__(self, genome) -> dict[str, Any]:
         return self.evaluate_mask(Mask(self.layout, tuple(genome)))
 
-    def build(self, mask: Mask) -> models.WideResNet:
+    def build(self, mask: Mask) -> wrn.WideResNet:
         """The compacted sub-network at the parent's initial weights, on this evaluator's device."""
-        model = models.WideResNet(self.cfg.model.depth, self.cfg.model.width, mask.widths())
+        model = wrn.WideResNet(self.cfg.model.depth, self.cfg.model.width, mask.widths())
         model.load_state_dict(compact_state(self.parent, self.param_units, mask))
         return model.to(self.device)
 
@@ -142,7 +143,7 @@ class Evaluator:
     def _evaluate_replicate(self, masks: list[Mask | None], rep: Replicate) -> list[dict[str, Any] | None]:
         if self.pack == 1:
             return [None if m is None else self.evaluate_alone(m, rep) for m in masks]
-        from evo_sparse.population import evaluate_masks
+        from evo_sparse.training.population import evaluate_masks
 
         return evaluate_masks(self, masks, chunk=self.pack, slots=True, replicate=rep)
 
@@ -165,7 +166,7 @@ class Evaluator:
         if replicate is None:
             return combine([self.evaluate_alone(mask, rep) for rep in self.replicates])
         start = time.perf_counter()
-        params, macs = models.cost(self.cfg.model.depth, self.cfg.model.width, mask.widths())
+        params, macs = wrn.cost(self.cfg.model.depth, self.cfg.model.width, mask.widths())
         record: dict[str, Any] = {"sparsity": mask.sparsity, "params": params, "macs": macs}
         fault = faults.fitness_fault(self.cfg.seed, mask.encode())  # None unless a test injects failures
         full = batch_size = self.cfg.train.batch_size
@@ -281,7 +282,7 @@ def _failed(reason: str, start: float, images: int, batch_size: int) -> dict[str
 def lost_record(cfg: RunConfig, genome, reason: str) -> dict[str, Any]:
     """The failed record of an evaluation that never finished because its worker process died at every attempt
     (``backends``): the same fields as ``Evaluator.evaluate_mask``'s, with ``reason``."""
-    mask = Mask(Layout.from_units(models.units(cfg.model.depth, cfg.model.width)), tuple(genome))
-    params, macs = models.cost(cfg.model.depth, cfg.model.width, mask.widths())
+    mask = Mask(Layout.from_units(wrn.units(cfg.model.depth, cfg.model.width)), tuple(genome))
+    params, macs = wrn.cost(cfg.model.depth, cfg.model.width, mask.widths())
     record = {"sparsity": mask.sparsity, "params": params, "macs": macs}
     return record | _failed(reason, time.perf_counter(), 0, cfg.train.batch_size)

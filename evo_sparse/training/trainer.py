@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evo_sparse.config import TrainConfig
-from evo_sparse.data import augment_batch, normalize
+from evo_sparse.foundations.config import TrainConfig
+from evo_sparse.training.data import augment_batch, normalize
 
 
 class NonFiniteLoss(RuntimeError):

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from deap import base, creator, tools
 
-from evo_sparse.config import SearchConfig
-from evo_sparse.masks import Layout, sample
+from evo_sparse.foundations.config import SearchConfig
+from evo_sparse.models.masks import Layout, sample
 
 # Failed evaluations get this fitness: below any accuracy, so they are never kept, and still a finite number.
 FAILED_FITNESS = -1.0

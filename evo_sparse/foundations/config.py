@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from evo_sparse.errors import ConfigError
+from evo_sparse.foundations.errors import ConfigError
 
 ALGORITHMS = ("weedout", "ga")
 SAMPLINGS = ("layerwise", "global")

@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evo_sparse import analysis, final, plots
-from evo_sparse.config import ALGORITHMS, FinalConfig, RunConfig, train_split_size
-from evo_sparse.errors import ConfigError
-from evo_sparse.progress import format_seconds
-from evo_sparse.storage import SCHEMA_VERSION, read_json, read_jsonl, write_json, write_text_atomic
+from evo_sparse.foundations.config import ALGORITHMS, FinalConfig, RunConfig, train_split_size
+from evo_sparse.foundations.errors import ConfigError
+from evo_sparse.foundations.progress import format_seconds
+from evo_sparse.foundations.storage import SCHEMA_VERSION, read_json, read_jsonl, write_json, write_text_atomic
+from evo_sparse.stats import analysis
+from evo_sparse.study import final, plots
 
 ROW_KEYS = (
     "sparsity",
@@ -148,7 +149,7 @@ def search_work(cfg: RunConfig) -> float:
 
 def _cost(cfg: RunConfig, sparsity: float | None = None) -> float:
     """``final.training_cost`` of ``cfg``'s network at its (or the given) sparsity, by layerwise counts."""
-    from evo_sparse.runs import layout_of
+    from evo_sparse.runs.run import layout_of
 
     layout = layout_of(cfg)
     s = cfg.search.sparsity if sparsity is None else sparsity
@@ -156,7 +157,7 @@ def _cost(cfg: RunConfig, sparsity: float | None = None) -> float:
 
 
 def _search_done(cfg: RunConfig) -> bool:
-    from evo_sparse.runs import RunPaths, run_folder
+    from evo_sparse.runs.run import RunPaths, run_folder
 
     path = RunPaths(run_folder(cfg)).checkpoint
     return path.exists() and read_json(path, "checkpoint").get("next_generation", 0) >= cfg.search.generations
@@ -182,7 +183,7 @@ def paper(
 ) -> tuple[Path, dict[str, Any]]:
     """Run (or resume, or skip) the whole study; (its folder, the statistics). ConfigError for bad settings, before
     any work."""
-    from evo_sparse.runs import execute, run_folder
+    from evo_sparse.runs.run import execute, run_folder
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, not {seeds}")
@@ -336,7 +337,7 @@ def compare(
 
     ``final_cfg``: also fully train each run's best ``final_cfg.masks`` masks (default 1) under its training seeds
     and test the algorithms' final test accuracy (a run's masks and seeds averaged: one value per run)."""
-    from evo_sparse.runs import RunPaths, execute
+    from evo_sparse.runs.run import RunPaths, execute
 
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown or len(algorithms) < 2:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from evo_sparse.config import SearchConfig
+from evo_sparse.foundations.config import SearchConfig
 
 
 def format_seconds(seconds: float) -> str:

@@ -29,15 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from evo_sparse import __version__, checkpoint, models
-from evo_sparse.config import RunConfig
-from evo_sparse.errors import ConfigError, EvoSparseError, FailedEvaluationsError, RunStateError
-from evo_sparse.masks import ENCODING_PREFIX, Layout, Mask
-from evo_sparse.measurement import run_noise
-from evo_sparse.progress import Progress
-from evo_sparse.search import Hooks, SearchState, evolve, make_toolbox
-from evo_sparse.seeds import seed_everything
-from evo_sparse.storage import (
+from evo_sparse import __version__
+from evo_sparse.foundations.config import RunConfig
+from evo_sparse.foundations.errors import ConfigError, EvoSparseError, FailedEvaluationsError, RunStateError
+from evo_sparse.foundations.progress import Progress
+from evo_sparse.foundations.seeds import seed_everything
+from evo_sparse.foundations.storage import (
     SCHEMA_VERSION,
     append_jsonl,
     folder_lock,
@@ -46,6 +43,11 @@ from evo_sparse.storage import (
     remove_temp_files,
     write_json,
 )
+from evo_sparse.models import wrn
+from evo_sparse.models.masks import ENCODING_PREFIX, Layout, Mask
+from evo_sparse.runs import checkpoint
+from evo_sparse.search.algorithms import Hooks, SearchState, evolve, make_toolbox
+from evo_sparse.stats.measurement import run_noise
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def run_folder(cfg: RunConfig) -> Path:
 
 
 def layout_of(cfg: RunConfig) -> Layout:
-    return Layout.from_units(models.units(cfg.model.depth, cfg.model.width))
+    return Layout.from_units(wrn.units(cfg.model.depth, cfg.model.width))
 
 
 # --- the config file and the journal -----------------------------------------------------------------------------
@@ -121,7 +123,7 @@ def is_finished(paths: RunPaths, cfg: RunConfig, layout: Layout) -> bool:
 
 
 def load_splits(cfg: RunConfig, log: Callable[[str], None]):
-    from evo_sparse import data
+    from evo_sparse.training import data
 
     if cfg.data.dataset == "synthetic":
         return data.make_synthetic(
@@ -240,8 +242,8 @@ def execute(
     or foreign state files, a folder that cannot be written, and too many failed evaluations; every file on disk is
     left as it was, except that a torn last journal line and stray temp files from a crash are removed.
     """
-    from evo_sparse import backends
-    from evo_sparse.fitness import resolve_device
+    from evo_sparse.execution import backends
+    from evo_sparse.training.fitness import resolve_device
 
     backends.refuse_while_bootstrapping()
     cfg.validate()
@@ -361,7 +363,7 @@ def summarize(folder: str | Path) -> dict[str, Any]:
 
     ok = [r for r in journal if r.get("status") == "ok"]
     hof = ckpt["hall_of_fame"] if ckpt else []
-    full_params, full_macs = models.cost(cfg.model.depth, cfg.model.width)
+    full_params, full_macs = wrn.cost(cfg.model.depth, cfg.model.width)
     return {
         "run_dir": str(paths.root),
         "algorithm": cfg.search.algorithm,
