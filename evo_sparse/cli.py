@@ -25,6 +25,7 @@ from evo_sparse.foundations.config import (
     preset,
 )
 from evo_sparse.foundations.errors import ConfigError, EvoSparseError, Terminated
+from evo_sparse.models.registry import architecture
 
 # option name -> (config key, click type)
 RUN_OPTIONS: dict[str, tuple[str, click.ParamType]] = {
@@ -40,6 +41,7 @@ RUN_OPTIONS: dict[str, tuple[str, click.ParamType]] = {
     "swap-prob": ("search.swap_prob", click.FLOAT),
     "tournament": ("search.tournament", click.INT),
     "max-failed-share": ("search.max_failed_share", click.FLOAT),
+    "model": ("model.name", click.STRING),
     "depth": ("model.depth", click.INT),
     "width": ("model.width", click.INT),
     "train-images": ("train.train_images", click.INT),
@@ -128,6 +130,7 @@ def build_config(preset_name: str | None, options: dict) -> RunConfig:
         cfg = cfg.updated(given)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
+    architecture(cfg.model)  # the model checks its own depth and width
     return cfg.validate()
 
 

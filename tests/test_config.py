@@ -11,6 +11,7 @@ import pytest
 from evo_sparse.foundations import config
 from evo_sparse.foundations.config import PRESETS, RunConfig
 from evo_sparse.foundations.errors import ConfigError
+from evo_sparse.models.registry import architecture
 
 PRESET_NAMES = ("smoke", "cpu", "paper")
 
@@ -170,8 +171,6 @@ def test_equal_configs_have_equal_hashes():
     ({"search.sparsity": 1.0}, "--sparsity"),
     ({"search.sparsity": -0.1}, "--sparsity"),
     ({"search.generations": 0}, "--generations"),
-    ({"model.depth": 15}, "--depth"),
-    ({"model.depth": 4}, "--depth"),
     ({"model.width": 0}, "--width"),
     ({"search.algorithm": "cmaes"}, "--algorithm"),
     ({"search.sampling": "blockwise"}, "--sampling"),
@@ -198,7 +197,9 @@ def test_validate_says_what_to_use_instead():
     with pytest.raises(ConfigError, match=r"--algorithm must be one of weedout, ga, not 'cmaes'"):
         RunConfig().updated({"search.algorithm": "cmaes"}).validate()
     with pytest.raises(ConfigError, match=r"--depth must be 6n\+4.*not 15"):
-        RunConfig().updated({"model.depth": 15}).validate()
+        architecture(RunConfig().updated({"model.depth": 15}).model)  # the model checks its own depth
+    with pytest.raises(ConfigError, match=r"--depth must be 6n\+4.*not 4"):
+        architecture(RunConfig().updated({"model.depth": 4}).model)
 
 
 def test_validate_accepts_edge_values():
@@ -225,6 +226,6 @@ def test_every_field_has_help():
     d = RunConfig().to_dict()
     keys = [k for k, v in d.items() if not isinstance(v, dict)]
     keys += [f"{group}.{name}" for group, v in d.items() if isinstance(v, dict) for name in v]
-    assert len(keys) == 10 + 5 + 2 + 12 + 12  # run, data, model, train, search
+    assert len(keys) == 10 + 5 + 3 + 12 + 12  # run, data, model, train, search
     for key in keys:
         assert config.field_help(key).strip(), key

@@ -124,23 +124,23 @@ def _expected_params(depth: int, width: int) -> int:
     ids=lambda x: arch_id(x) if isinstance(x, tuple) else "",
 )
 def test_cost_params_match_the_wrn_paper(arch, published):
-    params, macs = wrn.cost(*arch)
+    params, macs = wrn.WRN(*arch).cost()
     assert params == _expected_params(*arch)
     assert abs(params - published) / published < 0.01
     assert macs > params  # convs are reused at every pixel
 
 
 def test_cost_of_wrn16_4_exact():
-    assert wrn.cost(16, 4)[0] == 2_748_890
+    assert wrn.WRN(16, 4).cost()[0] == 2_748_890
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=arch_id)
 def test_cost_matches_a_real_network_and_shrinks_with_the_mask(arch):
     mask = random_mask(*arch, 0.5)
-    params, macs = wrn.cost(*arch, mask.widths())
+    params, macs = wrn.WRN(*arch).cost(mask.widths())
     net = wrn.WideResNet(*arch, mask.widths())
     assert params == sum(p.numel() for p in net.parameters())
-    full_params, full_macs = wrn.cost(*arch)
+    full_params, full_macs = wrn.WRN(*arch).cost()
     assert full_params == _expected_params(*arch)
     # Channel sparsity s removes roughly 1-(1-s)^2 of the conv weights and MACs.
     assert 0.2 < params / full_params < 0.3
@@ -151,7 +151,7 @@ def test_cost_macs_of_wrn10_1_by_hand():
     # stem 32x32x16x27; stage1 (32x32): conv1,conv2 16->16; stage2 (16x16): 16->32, 32->32, 1x1 16->32;
     # stage3 (8x8): 32->64, 64->64, 1x1 32->64; fc 64x10.
     expected = 1024 * 16 * 27 + 2 * 1024 * 16 * 144 + 256 * 32 * (144 + 288 + 16) + 64 * 64 * (288 + 576 + 32) + 640
-    assert wrn.cost(10, 1)[1] == expected
+    assert wrn.WRN(10, 1).cost()[1] == expected
 
 
 @pytest.mark.parametrize("depth", (15, 4, 9, 12))
@@ -161,7 +161,7 @@ def test_bad_depth_raises_config_error(depth):
     with pytest.raises(ConfigError, match="--depth"):
         wrn.WideResNet(depth, 1)
     with pytest.raises(ConfigError):
-        wrn.cost(depth, 1)
+        wrn.WRN(depth, 1).cost()
 
 
 def test_bad_widths_are_refused():

@@ -23,7 +23,7 @@ from evo_sparse.models.masks import Layout, Mask, compact_state, sample
 from evo_sparse.training import population
 from evo_sparse.training.data import make_synthetic, normalize
 from evo_sparse.training.fitness import Evaluator
-from evo_sparse.training.population import PopulationWRN, evaluate_masks, evaluate_population, train_population
+from evo_sparse.training.population import evaluate_masks, evaluate_population, population_network, train_population
 from evo_sparse.training.trainer import CHECK_EVERY, BatchStream, NonFiniteLoss, evaluate, train
 
 DATA = make_synthetic(seed=3, train_size=256, val_size=64, test_size=10)
@@ -72,7 +72,7 @@ def normalize_val():
 
 
 def together(depth, width, parent, units, masks, stream, cfg, double, poison=None):
-    pop = PopulationWRN.from_masks(depth, width, parent, units, masks)
+    pop = population_network(wrn.WRN(depth, width), parent, masks)
     if double:
         pop.double()
     if poison:
@@ -282,7 +282,7 @@ _NARROW_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     from evo_sparse.models import wrn
     from evo_sparse.models.masks import Layout, Mask, sample
-    from evo_sparse.training.population import PopulationWRN, member_losses
+    from evo_sparse.training.population import population_network, member_losses
     random.seed(0)
     torch.manual_seed(0)
     net = wrn.WideResNet(16, 2)
@@ -290,7 +290,7 @@ _NARROW_SCRIPT = textwrap.dedent("""
     masks = [Mask(layout, tuple(sample(layout, 0.9))) for _ in range(3)]
     inputs = {}
     for p in (1, 3):  # P = 1: ungrouped convolutions, the case oneDNN got wrong
-        pop = PopulationWRN.from_masks(16, 2, net.state_dict(), net.param_units(), masks[:p])
+        pop = population_network(wrn.WRN(16, 2), net.state_dict(), masks[:p])
         pop = pop.to(memory_format=torch.channels_last)
         for name, m in pop.named_modules():
             if isinstance(m, torch.nn.Conv2d):

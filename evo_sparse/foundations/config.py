@@ -39,10 +39,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The parent Wide ResNet WRN-depth-width."""
+    """The parent network: a registered model (``models.registry``) at a depth and width."""
 
-    depth: int = _f(16, "WRN depth, 6n+4 (10, 16, 22, 28, ...)")
-    width: int = _f(2, "WRN width factor k: stages have 16k, 32k, 64k channels")
+    name: str = _f(
+        "wrn",
+        "network searched: wrn (Wide ResNet), resnet (CIFAR ResNet of He et al.), vgg (VGG with BatchNorm), a name "
+        "registered from Python, or package.module:factory",
+    )
+    depth: int = _f(16, "depth: wrn 6n+4 (10, 16, 22, ...); resnet 6n+2 (20, 32, 56, ...); vgg 11, 13, 16 or 19")
+    width: int = _f(2, "width factor k: wrn and resnet stages have 16k, 32k, 64k channels; vgg 64k..512k")
 
 
 @dataclass(frozen=True)
@@ -186,11 +191,7 @@ class RunConfig:
             if choices and value not in choices:
                 raise ConfigError(f"--{_opt(key)} must be one of {', '.join(choices)}, not {value!r}")
         s, m, t = self.search, self.model, self.train
-        _check(
-            m.depth >= 10 and (m.depth - 4) % 6 == 0,
-            "depth",
-            f"must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), not {m.depth}",
-        )
+        # the depth is the model's to check (models.registry): each network has its own
         _check(m.width >= 1, "width", f"must be at least 1, not {m.width}")
         _check(0 <= self.seed < 2**32, "seed", f"must be an integer in 0..2**32-1 (numpy's range), not {self.seed}")
         _check(s.population >= 2, "pop", f"must be at least 2, not {s.population}")

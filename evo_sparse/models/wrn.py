@@ -9,25 +9,41 @@ how masks are chosen (see ``masks``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from evo_sparse.foundations.errors import ConfigError
+from evo_sparse.models.layers import GatedNetwork, bn_units
+from evo_sparse.models.registry import NUM_CLASSES, Architecture, Unit, register
 
-NUM_CLASSES = 10
 STEM = "stem"
 
 
-@dataclass(frozen=True)
-class Unit:
-    """A maskable group of channels: its name, full channel count and the layers writing into it."""
+class WRN(Architecture):
+    """WRN-depth-width as an ``Architecture``: the default network (``--model wrn``)."""
 
-    name: str
-    channels: int
-    writers: tuple[str, ...]
+    def __init__(self, depth: int, width: int):
+        if width < 1:
+            raise ConfigError(f"--width must be at least 1 for --model wrn, not {width}")
+        self.depth, self.width = depth, width
+        self.units = units(depth, width)
+        self.label = f"WRN-{depth}-{width}"
+
+    def build(self, widths: dict[str, int] | None = None) -> WideResNet:
+        return WideResNet(self.depth, self.width, widths)
+
+    def param_units(self) -> dict[str, tuple[str | None, str | None]]:
+        with torch.device("meta"):
+            return WideResNet(self.depth, self.width).param_units()
+
+    def batched(self, widths: dict[str, int], size: int):
+        from evo_sparse.models.wrn_batched import PopulationWRN
+
+        return PopulationWRN(self.depth, self.width, widths, size)
+
+
+register("wrn", WRN)
 
 
 def blocks_per_stage(depth: int) -> int:
@@ -83,7 +99,7 @@ class Block(nn.Module):
         return h + (self.shortcut(a) if self.shortcut is not None else x)
 
 
-class WideResNet(nn.Module):
+class WideResNet(GatedNetwork):
     """WRN-depth-width for 32x32 inputs; ``widths`` maps unit name to the channels actually built."""
 
     def __init__(self, depth: int, width: int, widths: dict[str, int] | None = None):
@@ -116,31 +132,7 @@ class WideResNet(nn.Module):
             prev = stream(s)
         self.bn = nn.BatchNorm2d(w[stream(3)])
         self.fc = nn.Linear(w[stream(3)], NUM_CLASSES)
-        self._gates: dict[str, torch.Tensor] = {}
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Kaiming-normal convs (fan out), unit BN, default linear: the WRN paper's initialization."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                m.reset_parameters()
-
-    def set_gates(self, gates: dict[str, torch.Tensor] | None) -> None:
-        """Multiply every activation read from unit u by ``gates[u]`` (a 0/1 vector); None removes the gates.
-
-        Every consumer of a unit reads it through BN-ReLU and the gate, so a gated channel adds nothing to the
-        output and receives no gradient, whatever values its writers put into it.
-        """
-        self._gates = {k: v.view(1, -1, 1, 1) for k, v in (gates or {}).items()}
-
-    def _gate(self, x: torch.Tensor, unit: str) -> torch.Tensor:
-        g = self._gates.get(unit)
-        return x if g is None else x * g.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -160,43 +152,12 @@ class WideResNet(nn.Module):
             for b, block in enumerate(blocks):
                 u_in, u_inner, u_out = block.units
                 p = f"stages.{s - 1}.{b}."
-                out.update(_bn(p + "bn1", u_in) | _bn(p + "bn2", u_inner))
+                out.update(bn_units(p + "bn1", u_in) | bn_units(p + "bn2", u_inner))
                 out[p + "conv1.weight"] = (u_inner, u_in)
                 out[p + "conv2.weight"] = (u_out, u_inner)
                 if block.shortcut is not None:
                     out[p + "shortcut.weight"] = (u_out, u_in)
-        out.update(_bn("bn", stream(3)))
+        out.update(bn_units("bn", stream(3)))
         out["fc.weight"] = (None, stream(3))
         out["fc.bias"] = (None, None)
         return out
-
-
-def _bn(prefix: str, unit: str) -> dict[str, tuple[str | None, str | None]]:
-    entries = {f"{prefix}.{k}": (unit, None) for k in ("weight", "bias", "running_mean", "running_var")}
-    return entries | {f"{prefix}.num_batches_tracked": (None, None)}
-
-
-def cost(depth: int, width: int, widths: dict[str, int] | None = None) -> tuple[int, int]:
-    """(parameters, multiply-accumulates per 32x32 image) of WRN-depth-width built at ``widths``.
-
-    Counted on the meta device, so it is instant and allocates nothing; BN parameters are included.
-    """
-    with torch.device("meta"):
-        model = WideResNet(depth, width, widths)
-    params = sum(p.numel() for p in model.parameters())
-    macs = 0
-
-    def count(module, _inputs, output):
-        nonlocal macs
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            macs += output.numel() * module.in_channels * kh * kw // module.groups
-        elif isinstance(module, nn.Linear):
-            macs += module.in_features * module.out_features
-
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model(torch.empty(1, 3, 32, 32, device="meta"))
-    for h in handles:
-        h.remove()
-    return params, macs

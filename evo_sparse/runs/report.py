@@ -24,8 +24,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"run      {s['run_dir']}",
         f"search   {s['algorithm']}, population {s['population_size']}, keep {s['keep']}, "
         f"sparsity {s['sparsity']} ({s['sampling']}), seed {s['seed']}, preset {s['preset']}",
-        f"model    WRN-{m['depth']}-{m['width']}: {m['params']:,} params, {m['macs'] / 1e6:.1f} MMACs dense, "
-        f"{m['maskable_nodes']} maskable nodes",
+        f"model    {m['label']}: {m['params']:,} params, {m['macs'] / 1e6:.1f} MMACs dense, "
+        f"{m['maskable_nodes']} maskable nodes" + ("" if m["batched"] else "; no batched form: one at a time"),
         f"data     {s.get('data') or '-'} on {s.get('device') or '-'}",
         f"progress {s['generations_done']}/{s['generations']} generations, {state}",
         f"evals    {s['evaluations']} ({s['failed_evaluations']} failed), {s['train_images_per_eval']:,} training "

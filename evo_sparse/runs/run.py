@@ -43,8 +43,8 @@ from evo_sparse.foundations.storage import (
     remove_temp_files,
     write_json,
 )
-from evo_sparse.models import wrn
 from evo_sparse.models.masks import ENCODING_PREFIX, Layout, Mask
+from evo_sparse.models.registry import architecture
 from evo_sparse.runs import checkpoint
 from evo_sparse.search.algorithms import Hooks, SearchState, evolve, make_toolbox
 from evo_sparse.stats.measurement import run_noise
@@ -82,7 +82,7 @@ def run_folder(cfg: RunConfig) -> Path:
 
 
 def layout_of(cfg: RunConfig) -> Layout:
-    return Layout.from_units(wrn.units(cfg.model.depth, cfg.model.width))
+    return architecture(cfg.model).layout
 
 
 # --- the config file and the journal -----------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def execute(
         write_json(paths.environment, environment(splits.description, device, where))
         log(
             f"data: {splits.description}; device: {device or 'the Ray cluster'} ({where.describe()}); "
-            f"WRN-{cfg.model.depth}-{cfg.model.width} at sparsity {cfg.search.sparsity}"
+            f"{architecture(cfg.model).label} at sparsity {cfg.search.sparsity}"
         )
         state = checkpoint.restore(ckpt, layout, cfg.search.survivors) if ckpt else SearchState()
         if ckpt:
@@ -363,7 +363,8 @@ def summarize(folder: str | Path) -> dict[str, Any]:
 
     ok = [r for r in journal if r.get("status") == "ok"]
     hof = ckpt["hall_of_fame"] if ckpt else []
-    full_params, full_macs = wrn.cost(cfg.model.depth, cfg.model.width)
+    arch = architecture(cfg.model)
+    full_params, full_macs = arch.cost()
     return {
         "run_dir": str(paths.root),
         "algorithm": cfg.search.algorithm,
@@ -381,6 +382,9 @@ def summarize(folder: str | Path) -> dict[str, Any]:
         "data": env.get("data"),
         "device": env.get("device"),
         "model": {
+            "name": cfg.model.name,
+            "label": arch.label,
+            "batched": arch.batches,
             "depth": cfg.model.depth,
             "width": cfg.model.width,
             "params": full_params,

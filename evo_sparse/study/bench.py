@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from evo_sparse.execution.backends import CPU_THREADS, ProcessMap, cpu_cores
 from evo_sparse.foundations.config import RunConfig
-from evo_sparse.models import wrn
 from evo_sparse.models.masks import Layout, Mask, sample
+from evo_sparse.models.registry import architecture
 from evo_sparse.training.data import MEAN, STD, Splits
 from evo_sparse.training.fitness import Evaluator, parent_state
 from evo_sparse.training.trainer import evaluate, lr_at, make_optimizer
@@ -51,7 +51,7 @@ def masked_dataloader_fitness(cfg: RunConfig, splits: Splits, mask: Mask, device
     t = cfg.train
     transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
     loader = DataLoader(Images(splits.train_x, splits.train_y, transform), batch_size=t.batch_size, shuffle=True)
-    model = wrn.WideResNet(cfg.model.depth, cfg.model.width)
+    model = architecture(cfg.model).build()
     model.load_state_dict(parent_state(cfg))
     model.to(device)
     model.set_gates(mask.gates(torch.zeros((), device=device)))
@@ -147,10 +147,7 @@ def run_benchmark(
         for fn in pops.values():
             getattr(fn, "close", lambda: None)()
     images = cfg.train.train_images // cfg.train.batch_size * cfg.train.batch_size
-    macs = {
-        s: statistics.mean(wrn.cost(cfg.model.depth, cfg.model.width, m.widths())[1] for m in masks[s])
-        for s in sparsities
-    }
+    macs = {s: statistics.mean(architecture(cfg.model).cost(m.widths())[1] for m in masks[s]) for s in sparsities}
     needed = {s: 6 * macs[s] * images + 2 * macs[s] * len(evaluator.val_x) for s in sparsities}
     med = {k: statistics.median(v) for k, v in times.items()}
     paths = sorted({p for p, _ in med})
@@ -165,7 +162,7 @@ def run_benchmark(
     b_fitness = {s: [evaluator.evaluate_mask(m)["fitness"] for m in masks[s][:4]] for s in sparsities}
     agreement = {f"{p}@{s}": float(np.max(np.abs(np.array(fitness[(p, s)][:4]) - b_fitness[s]))) for p, s in fitness}
     return {
-        "model": f"WRN-{cfg.model.depth}-{cfg.model.width}",
+        "model": architecture(cfg.model).label,
         "train_images": images,
         "val_images": len(evaluator.val_x),
         "population": population,

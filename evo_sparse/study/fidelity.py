@@ -261,7 +261,7 @@ def summarize(plan: Plan, rows: dict[tuple[str, int], dict[str, Any]], reference
         "schema": SCHEMA_VERSION,
         "what": "fitness reliability: variance of a fitness over masks vs over replicate trainings of one mask",
         "preset": plan.base.preset,
-        "model": {"depth": plan.base.model.depth, "width": plan.base.model.width},
+        "model": {"depth": plan.base.model.depth, "width": plan.base.model.width} | _named(plan.base.model),
         "sparsity": plan.base.search.sparsity,
         "seed": plan.base.seed,
         "masks": plan.masks,
@@ -283,7 +283,7 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as a text table, one line per setting."""
     head = (
         f"fidelity: {report['masks']} masks x {report['replicates']} replicates, sparsity {report['sparsity']}, "
-        f"WRN-{report['model']['depth']}-{report['model']['width']}, preset {report['preset']}, seed {report['seed']}"
+        f"{_label(report['model'])}, preset {report['preset']}, seed {report['seed']}"
     )
     cols = f"{'sampling':<10} {'images':>7} {'lr':>6} {'masks':>5} {'between sd':>10} {'within sd':>9} "
     target = f"R for {report['target']:g}"
@@ -313,3 +313,15 @@ def format_report(report: dict[str, Any]) -> str:
 
 def _f(v: float | None, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _named(model) -> dict[str, str]:
+    """The model's name and label, for the report; the default network's are left out (reports written before other
+    networks existed lack them, and stay as they were)."""
+    from evo_sparse.models.registry import architecture
+
+    return {} if model.name == "wrn" else {"name": model.name, "label": architecture(model).label}
+
+
+def _label(model: dict) -> str:
+    return model.get("label") or f"WRN-{model['depth']}-{model['width']}"

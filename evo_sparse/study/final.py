@@ -90,9 +90,9 @@ OVERHEAD_MACS = 9e6
 
 def training_cost(cfg: RunConfig, widths: dict[str, int] | None) -> float:
     """Relative cost of one training image of ``cfg``'s network at ``widths`` (None: dense), for ETAs."""
-    from evo_sparse.models import wrn
+    from evo_sparse.models.registry import architecture
 
-    return wrn.cost(cfg.model.depth, cfg.model.width, widths)[1] + OVERHEAD_MACS
+    return architecture(cfg.model).cost(widths)[1] + OVERHEAD_MACS
 
 
 # --- folders -------------------------------------------------------------------------------------------------------
@@ -235,7 +235,6 @@ def train_network(job: Job, evaluator, splits, heldout=None) -> dict[str, Any]:
     ``early_fitness`` is the search's record (found masks) or ``evaluator``'s measure; ``early_fitness_heldout`` is
     ``heldout``'s (default: ``heldout_evaluator`` of the job's config), None where that brief training failed.
     """
-    from evo_sparse.models import wrn
     from evo_sparse.training.data import normalize
     from evo_sparse.training.trainer import evaluate, make_optimizer
 
@@ -246,7 +245,7 @@ def train_network(job: Job, evaluator, splits, heldout=None) -> dict[str, Any]:
     if heldout is None:
         heldout = heldout_evaluator(cfg, splits, evaluator.device)
     early_heldout = heldout.evaluate_mask(mask)
-    params, macs = wrn.cost(cfg.model.depth, cfg.model.width, mask.widths())
+    params, macs = evaluator.arch.cost(mask.widths())
     record: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "kind": job.kind,

@@ -34,6 +34,7 @@ from evo_sparse.foundations.config import ALGORITHMS, FinalConfig, RunConfig, tr
 from evo_sparse.foundations.errors import ConfigError
 from evo_sparse.foundations.progress import format_seconds
 from evo_sparse.foundations.storage import SCHEMA_VERSION, read_json, read_jsonl, write_json, write_text_atomic
+from evo_sparse.models.registry import architecture
 from evo_sparse.stats import analysis
 from evo_sparse.study import final, plots
 
@@ -188,6 +189,7 @@ def paper(
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, not {seeds}")
     fc.validate()
+    architecture(base.model)  # the model checks its own depth and width
     for s in sparsities:  # 0 too: it must be a sparsity, though it trains only the dense parent
         base.updated({"search.sparsity": s}).validate()
     configs = {
@@ -345,6 +347,7 @@ def compare(
     if runs < 1:
         raise ConfigError(f"--runs must be at least 1, not {runs}")
     base = base.validate()
+    architecture(base.model)
     s = base.search
     budget = s.population + (s.generations - 1) * (s.population - s.survivors)
     configs = {}

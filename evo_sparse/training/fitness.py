@@ -25,8 +25,8 @@ from evo_sparse.foundations import faults
 from evo_sparse.foundations.config import RunConfig, TrainConfig, pack_size
 from evo_sparse.foundations.errors import ConfigError, EvoSparseError
 from evo_sparse.foundations.seeds import derive
-from evo_sparse.models import wrn
-from evo_sparse.models.masks import Layout, Mask, compact_state
+from evo_sparse.models.masks import Mask
+from evo_sparse.models.registry import architecture
 from evo_sparse.training.data import Splits
 from evo_sparse.training.trainer import BatchStream, NonFiniteLoss, evaluate, train
 
@@ -55,7 +55,7 @@ def parent_state(cfg: RunConfig) -> dict[str, torch.Tensor]:
     """The parent network's initial weights: a pure function of (depth, width, seed), built on the CPU."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive(cfg.seed, "parent-init"))
-        return wrn.WideResNet(cfg.model.depth, cfg.model.width).state_dict()
+        return architecture(cfg.model).build().state_dict()
 
 
 @dataclass(frozen=True)
@@ -109,24 +109,22 @@ class Evaluator:
         self.device = torch.device(device)
         if self.device.type == "cpu":
             torch.set_num_threads(CPU_THREADS)  # fitness must not depend on the thread count (summation order)
-        self.layout = Layout.from_units(wrn.units(cfg.model.depth, cfg.model.width))
+        self.arch = architecture(cfg.model)
+        self.layout = self.arch.layout
         self.parent = parent_state(cfg)
-        self.param_units = wrn.WideResNet(cfg.model.depth, cfg.model.width).param_units()
         t = cfg.train
         splits = splits.to(self.device)
         indices = range(t.replicates) if replicates is None else replicates
         self.replicates = [Replicate.draw(cfg, splits, r) for r in indices]
         self.val_x, self.val_y = splits.validation(t.val_images)
-        self.pack = pack_size(cfg)
+        self.pack = pack_size(cfg) if self.arch.batches else 1  # a network without a batched form: one at a time
 
     def __call__(self, genome) -> dict[str, Any]:
         return self.evaluate_mask(Mask(self.layout, tuple(genome)))
 
-    def build(self, mask: Mask) -> wrn.WideResNet:
+    def build(self, mask: Mask):
         """The compacted sub-network at the parent's initial weights, on this evaluator's device."""
-        model = wrn.WideResNet(self.cfg.model.depth, self.cfg.model.width, mask.widths())
-        model.load_state_dict(compact_state(self.parent, self.param_units, mask))
-        return model.to(self.device)
+        return self.arch.sub_network(self.parent, mask).to(self.device)
 
     def evaluate_mask(self, mask: Mask) -> dict[str, Any]:
         """The fitness record of ``mask`` by this run's procedure: ``evaluate_alone``, or with ``--pack`` P > 1 as
@@ -166,7 +164,7 @@ class Evaluator:
         if replicate is None:
             return combine([self.evaluate_alone(mask, rep) for rep in self.replicates])
         start = time.perf_counter()
-        params, macs = wrn.cost(self.cfg.model.depth, self.cfg.model.width, mask.widths())
+        params, macs = self.arch.cost(mask.widths())
         record: dict[str, Any] = {"sparsity": mask.sparsity, "params": params, "macs": macs}
         fault = faults.fitness_fault(self.cfg.seed, mask.encode())  # None unless a test injects failures
         full = batch_size = self.cfg.train.batch_size
@@ -282,7 +280,8 @@ def _failed(reason: str, start: float, images: int, batch_size: int) -> dict[str
 def lost_record(cfg: RunConfig, genome, reason: str) -> dict[str, Any]:
     """The failed record of an evaluation that never finished because its worker process died at every attempt
     (``backends``): the same fields as ``Evaluator.evaluate_mask``'s, with ``reason``."""
-    mask = Mask(Layout.from_units(wrn.units(cfg.model.depth, cfg.model.width)), tuple(genome))
-    params, macs = wrn.cost(cfg.model.depth, cfg.model.width, mask.widths())
+    arch = architecture(cfg.model)
+    mask = Mask(arch.layout, tuple(genome))
+    params, macs = arch.cost(mask.widths())
     record = {"sparsity": mask.sparsity, "params": params, "macs": macs}
     return record | _failed(reason, time.perf_counter(), 0, cfg.train.batch_size)

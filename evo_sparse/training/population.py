@@ -22,138 +22,36 @@ from torch import nn
 
 from evo_sparse.foundations.config import TrainConfig
 from evo_sparse.foundations.errors import EvoSparseError
-from evo_sparse.models import wrn
-from evo_sparse.models.masks import Mask, compact_state
+from evo_sparse.models.masks import Mask
+from evo_sparse.models.registry import Architecture
 from evo_sparse.training.data import normalize
-from evo_sparse.training.trainer import CHECK_EVERY, BatchStream, autocast, forward_of, prepare, scheduled_batches
-
-_SHARED = "num_batches_tracked"  # the one state entry that is not per individual (every member counts the same steps)
-
-
-class GroupedBlock(nn.Module):
-    """``wrn.Block`` for P individuals at once: the same layers and names, convolutions grouped by individual."""
-
-    def __init__(self, p: int, c_in: int, c_inner: int, c_out: int, stride: int, project: bool):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(p * c_in)
-        self.conv1 = nn.Conv2d(p * c_in, p * c_inner, 3, stride, 1, bias=False, groups=p)
-        self.bn2 = nn.BatchNorm2d(p * c_inner)
-        self.conv2 = nn.Conv2d(p * c_inner, p * c_out, 3, 1, 1, bias=False, groups=p)
-        # The 1x1 shortcut's stride is taken by slicing: the same function, and it keeps oneDNN off its strided 1x1
-        # path, whose workspace overrun (oneDNN issue 6035: channels_last, < 8 input channels) corrupts the heap.
-        self.stride = stride
-        self.shortcut = nn.Conv2d(p * c_in, p * c_out, 1, 1, 0, bias=False, groups=p) if project else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = F.relu(self.bn1(x))
-        h = self.conv2(F.relu(self.bn2(self.conv1(a))))
-        return h + (self.shortcut(a[:, :, :: self.stride, :: self.stride]) if self.shortcut is not None else x)
+from evo_sparse.training.trainer import (
+    CHECK_EVERY,
+    BatchStream,
+    autocast,
+    forward_of,
+    make_optimizer,
+    prepare,
+    scheduled_batches,
+)
 
 
-class BatchedLinear(nn.Module):
-    """P linear classifiers: weight [P, out, C], bias [P, out]; input [B, P, C] -> [B, P, out]."""
-
-    def __init__(self, p: int, c: int, out: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(p, out, c))
-        self.bias = nn.Parameter(torch.empty(p, out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bpc,pkc->bpk", x, self.weight) + self.bias
-
-
-class PopulationWRN(nn.Module):
-    """P WRN-depth-width networks built at the same ``widths``; forward(x [B,3,32,32]) -> logits [B, P, 10].
-
-    Its state-dict keys are those of ``wrn.WideResNet``; every entry but ``num_batches_tracked`` holds the P
-    individuals' tensors concatenated along dim 0 (the classifier's stacked: [P, 10, C] and [P, 10]).
-    """
-
-    def __init__(self, depth: int, width: int, widths: dict[str, int], population: int):
-        super().__init__()
-        self.depth, self.width, self.widths, self.population = depth, width, dict(widths), population
-        w, n, p = self.widths, wrn.blocks_per_stage(depth), population
-        prev = wrn.stem_unit_name(width)
-        self.stem = nn.Conv2d(3, p * w[prev], 3, 1, 1, bias=False)
-        self.stages = nn.ModuleList()
-        for s in (1, 2, 3):
-            blocks = nn.ModuleList()
-            for b in range(n):
-                c_in = prev if b == 0 else wrn.stream(s)
-                stride = 2 if (b == 0 and s > 1) else 1
-                project = c_in != wrn.stream(s)
-                blocks.append(GroupedBlock(p, w[c_in], w[wrn.inner(s, b)], w[wrn.stream(s)], stride, project))
-            self.stages.append(blocks)
-            prev = wrn.stream(s)
-        self.bn = nn.BatchNorm2d(p * w[wrn.stream(3)])
-        self.fc = BatchedLinear(p, w[wrn.stream(3)], wrn.NUM_CLASSES)
-        with torch.device("meta"):
-            self._single = {k: v.shape for k, v in wrn.WideResNet(depth, width, widths).state_dict().items()}
-
-    @classmethod
-    def from_masks(
-        cls, depth: int, width: int, parent: dict[str, torch.Tensor], param_units: dict, masks: Sequence[Mask]
-    ) -> PopulationWRN:
-        """The compacted sub-networks of ``masks`` (all of equal ``widths()``) at the parent's initial weights."""
-        widths = masks[0].widths()
-        if any(m.widths() != widths for m in masks):
-            raise ValueError("a population network needs masks that keep the same number of channels in every unit")
-        model = cls(depth, width, widths, len(masks))
-        states = [compact_state(parent, param_units, m) for m in masks]
-        own = model.state_dict()
-        stack = {
-            k: torch.stack([s[k] for s in states]).view(v.shape) for k, v in own.items() if not k.endswith(_SHARED)
-        }
-        model.load_state_dict(states[0] | stack)
-        return model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x.to(self.stem.weight.dtype))
-        for blocks in self.stages:
-            for block in blocks:
-                x = block(x)
-        x = F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1).view(len(x), self.population, -1)
-        return self.fc(x)
-
-    def member(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor`` (a parameter, buffer or gradient of this model) viewed as [P, ...]: entry i is individual i's.
-
-        A view whatever the memory format (channels_last included), so writing into it writes into ``tensor``.
-        """
-        return tensor.unflatten(0, (self.population, -1))
-
-    def unstack(self, i: int) -> dict[str, torch.Tensor]:
-        """Individual ``i``'s state dict (copies), loadable into ``wrn.WideResNet(depth, width, widths)``."""
-        one = {k: v if k.endswith(_SHARED) else self.member(v)[i] for k, v in self.state_dict().items()}
-        return {k: v.reshape(self._single[k]).clone(memory_format=torch.contiguous_format) for k, v in one.items()}
-
-    @torch.no_grad()
-    def silence(self, i: int, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Zero individual ``i``'s weights, statistics, gradients and momentum: it computes zeros from now on."""
-        for t in self.state_dict().values():
-            if t.is_floating_point():  # zero BN statistics too: a zero input, mean and variance give a zero output
-                self.member(t)[i] = 0.0
-        for p in self.parameters():
-            if p.grad is not None:
-                self.member(p.grad)[i] = 0.0
-            if optimizer is not None and (buf := optimizer.state.get(p, {}).get("momentum_buffer")) is not None:
-                self.member(buf)[i] = 0.0
+def population_network(arch: Architecture, parent: dict[str, torch.Tensor], masks: Sequence[Mask]) -> nn.Module:
+    """The compacted sub-networks of ``masks`` (all of equal ``widths()``) at the parent's initial weights, as one
+    batched network (``Architecture.batched``: forward -> [B, P, 10], ``member``, ``unstack``, ``silence``)."""
+    widths = masks[0].widths()
+    if any(m.widths() != widths for m in masks):
+        raise ValueError("a population network needs masks that keep the same number of channels in every unit")
+    model = arch.batched(widths, len(masks))
+    if model is None:
+        raise ValueError(f"{arch.label} has no batched form; evaluate its masks one at a time")
+    model.load_members([arch.compact(parent, m) for m in masks])
+    return model
 
 
-def _prepare(model: PopulationWRN, device: torch.device) -> PopulationWRN:
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     """``train.prepare``, and channels_last on the CPU too: there it makes oneDNN's grouped convolutions ~2x faster."""
     return prepare(model, device).to(memory_format=torch.channels_last)
-
-
-def make_optimizer(model: PopulationWRN, cfg: TrainConfig) -> torch.optim.SGD:
-    """``train.make_optimizer``'s recipe: weight decay on conv and classifier weights, none on BN or the bias.
-
-    Chosen by module, not by ``ndim`` (the stacked classifier bias is 2-D).
-    """
-    decay = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, BatchedLinear))]
-    rest = [p for p in model.parameters() if not any(p is q for q in decay)]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
 
 @dataclass(frozen=True)
@@ -175,7 +73,7 @@ def member_losses(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float 
     return losses.view(b, p).mean(0)
 
 
-def train_population(model: PopulationWRN, stream: BatchStream, cfg: TrainConfig) -> list[MemberResult]:
+def train_population(model: nn.Module, stream: BatchStream, cfg: TrainConfig) -> list[MemberResult]:
     """Train every individual in place over every batch of ``stream``, as ``train.train`` trains one.
 
     The loss is the sum of the individuals' mean losses, so each one's gradient is its own (the gradient of a sum is
@@ -183,7 +81,7 @@ def train_population(model: PopulationWRN, stream: BatchStream, cfg: TrainConfig
     them; an individual found non-finite gets ``train.NonFiniteLoss``'s message, is left out of the loss and
     silenced, and the others go on.
     """
-    device = model.stem.weight.device
+    device = next(model.parameters()).device
     model = _prepare(model, device)
     opt = make_optimizer(model, cfg)
     forward = forward_of(model, cfg)
@@ -223,10 +121,10 @@ def train_population(model: PopulationWRN, stream: BatchStream, cfg: TrainConfig
 
 @torch.no_grad()
 def evaluate_population(
-    model: PopulationWRN, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
 ) -> list[tuple[float, float]]:
     """(accuracy, mean cross-entropy) of every individual in eval mode on uint8 ``images``, as ``train.evaluate``."""
-    device = model.stem.weight.device
+    device = next(model.parameters()).device
     model = _prepare(model, device)
     model.eval()
     correct = torch.zeros(model.population, device=device)
@@ -315,12 +213,10 @@ def _evaluate_piece(evaluator, masks: list[Mask], real: list[bool], replicate) -
 
     cfg, dev = evaluator.cfg, evaluator.device
     start = time.perf_counter()
-    params, macs = wrn.cost(cfg.model.depth, cfg.model.width, masks[0].widths())
+    params, macs = evaluator.arch.cost(masks[0].widths())
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(replicate.train_seed)  # any stray randomness is common to all individuals of a replicate
-        model = PopulationWRN.from_masks(
-            cfg.model.depth, cfg.model.width, evaluator.parent, evaluator.param_units, masks
-        )
+        model = population_network(evaluator.arch, evaluator.parent, masks)
         trained = train_population(model.to(dev), replicate.stream, cfg.train)
         # eval_batch_size images per network, as one at a time: P times the images would outgrow the caches
         batch = max(1, cfg.train.eval_batch_size // len(masks))

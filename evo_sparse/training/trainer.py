@@ -63,9 +63,11 @@ def lr_at(step: int, steps: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD + Nesterov; no weight decay on BN parameters and biases (the usual practice for short trainings)."""
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    rest = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    """SGD + Nesterov; weight decay on conv and linear weights only, none on BN parameters and biases (the usual
+    practice for short trainings). Chosen by name and shape, so batched networks (a [P, 10] bias) follow it too."""
+    decayed = {n for n, p in model.named_parameters() if p.ndim > 1 and n.rsplit(".", 1)[-1] == "weight"}
+    decay = [p for n, p in model.named_parameters() if n in decayed]
+    rest = [p for n, p in model.named_parameters() if n not in decayed]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
