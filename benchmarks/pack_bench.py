@@ -18,10 +18,10 @@ import time
 
 from evo_sparse.execution import backends
 from evo_sparse.foundations.config import preset
+from evo_sparse.foundations.devices import resolve_device
 from evo_sparse.models.masks import Layout, sample
 from evo_sparse.models.wrn import units
-from evo_sparse.runs.run import load_splits
-from evo_sparse.training.fitness import resolve_device
+from evo_sparse.training.data import load_splits
 
 
 def main() -> None:

@@ -212,9 +212,9 @@ def bench(
     device: str,
 ):
     """Time fitness evaluation: masked + DataLoader (a), compacted (b), whole population (c); prints JSON last."""
-    from evo_sparse.runs.run import load_splits
+    from evo_sparse.foundations.devices import resolve_device
     from evo_sparse.study.bench import bench_config, format_table, run_benchmark
-    from evo_sparse.training.fitness import resolve_device
+    from evo_sparse.training.data import load_splits
 
     try:
         levels = tuple(float(s) for s in sparsities.split(","))

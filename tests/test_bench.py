@@ -7,10 +7,10 @@ import json
 from click.testing import CliRunner
 
 from evo_sparse.cli import cli
-from evo_sparse.execution.backends import cpu_cores
 from evo_sparse.foundations.config import preset
-from evo_sparse.runs.run import load_splits
+from evo_sparse.foundations.devices import cpu_cores
 from evo_sparse.study.bench import bench_config, format_table, run_benchmark
+from evo_sparse.training.data import load_splits
 
 
 def test_benchmark_reports_every_path_ratio_and_agreement():

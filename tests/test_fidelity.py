@@ -16,7 +16,8 @@ from evo_sparse.runs.run import summarize
 from evo_sparse.stats import measurement
 from evo_sparse.study import fidelity
 from evo_sparse.training.data import make_synthetic
-from evo_sparse.training.fitness import Evaluator, combine
+from evo_sparse.training.fitness import Evaluator
+from evo_sparse.training.records import combine
 
 DATA = make_synthetic(seed=0, train_size=256, val_size=250, test_size=10)
 CFG = preset("smoke").updated({"train.train_images": 256})

@@ -12,8 +12,9 @@ import torch
 from evo_sparse.foundations.config import FINAL_PRESETS, FinalConfig, final_preset, preset
 from evo_sparse.foundations.errors import ConfigError
 from evo_sparse.models.masks import Mask, sample
-from evo_sparse.runs.run import layout_of, load_splits
+from evo_sparse.runs.run import layout_of
 from evo_sparse.study import final
+from evo_sparse.training.data import load_splits
 from evo_sparse.training.fitness import Evaluator
 
 

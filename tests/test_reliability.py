@@ -18,8 +18,8 @@ import torch
 from click.testing import CliRunner
 
 from evo_sparse.cli import cli
-from evo_sparse.execution.backends import cpu_cores
 from evo_sparse.foundations.config import preset
+from evo_sparse.foundations.devices import cpu_cores
 from evo_sparse.foundations.errors import DataError
 from evo_sparse.models.masks import Mask, sample
 from evo_sparse.training import fitness

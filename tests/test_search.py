@@ -519,7 +519,10 @@ def test_evolve_on_a_finished_state_does_nothing():
 
 
 def test_search_imports_without_torch():
-    code = "import sys, evo_sparse.search.algorithms, evo_sparse.models.masks; assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys, evo_sparse.search.algorithms, evo_sparse.models.masks; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 

@@ -20,6 +20,7 @@ from evo_sparse.models.masks import Mask
 from evo_sparse.runs import run
 from evo_sparse.study import final, plots
 from evo_sparse.study.paper import ROW_KEYS
+from evo_sparse.training.data import load_splits
 from evo_sparse.training.fitness import Evaluator
 
 # Seconds, not minutes: one generation, one seed, small validation and test splits, one epoch of full training.
@@ -95,7 +96,7 @@ def test_early_fitness_is_the_search_fitness_procedure(study):
     found = next(r for r in rows if r["kind"] == "found")
     random = next(r for r in rows if r["kind"] == "random")
     cfg, _ = final.load_run(study / found["source"])
-    splits = run.load_splits(cfg, log=lambda _: None)
+    splits = load_splits(cfg, log=lambda _: None)
     evaluator = Evaluator(cfg, splits)
     heldout = Evaluator(cfg, splits, replicates=[cfg.train.replicates])  # a replicate the search never trained under
     for row in (found, random):

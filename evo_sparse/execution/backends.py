@@ -38,9 +38,9 @@ from typing import Any
 
 from evo_sparse.foundations import faults
 from evo_sparse.foundations.config import RunConfig, pack_size
+from evo_sparse.foundations.devices import CPU_THREADS, cpu_cores
 from evo_sparse.foundations.errors import ConfigError, EvoSparseError
 
-CPU_THREADS = 1  # per evaluation: deterministic, and immune to oversubscribed cores; parallelism comes from workers
 RAY_MISSING = "--backend ray needs Ray, an optional extra not installed here: pip install 'evo-sparse[ray]'"
 
 # (index in the map's input per slot of the pack, the genome per slot, attempt: 0 first, then retries); None: empty slot
@@ -61,13 +61,6 @@ def refuse_while_bootstrapping() -> None:
     parent's ``ProcessMap`` turns that exit code into one line saying what to do, and records no failed evaluation."""
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         os._exit(UNGUARDED_EXIT)
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # --- which backend ----------------------------------------------------------------------------------------------------
@@ -97,7 +90,7 @@ class Plan:
 
 
 def plan(cfg: RunConfig, device) -> Plan:
-    """The backend for ``cfg`` on this machine, ``device`` being ``fitness.resolve_device(cfg.device)`` (unused, and
+    """The backend for ``cfg`` on this machine, ``device`` being ``devices.resolve_device(cfg.device)`` (unused, and
     may be None, for ray). ``auto``: worker processes on a multi-core CPU (one per core, or ``--workers``), this
     process on one GPU, one worker process per GPU on several; ``--workers 1`` means this process. ``process``:
     ``--workers`` processes, by default one per core (CPU) or per GPU (``cuda``/``auto``; ``cuda:N``: that one),
@@ -189,7 +182,7 @@ def _evaluator(cfg_dict: dict[str, Any], device: str, splits: Callable | None = 
     if _worker.get("key") != key:
         import torch
 
-        from evo_sparse.runs.run import load_splits
+        from evo_sparse.training.data import load_splits
         from evo_sparse.training.fitness import Evaluator
 
         _worker.clear()

@@ -24,8 +24,7 @@ from evo_sparse.foundations.errors import RunStateError
 from evo_sparse.foundations.storage import SCHEMA_VERSION, read_json, write_json
 from evo_sparse.models.masks import Layout, Mask
 from evo_sparse.search.algorithms import SearchState, assign
-
-STATUSES = ("ok", "failed")  # a record's status (fitness.OK, fitness.FAILED; fitness imports torch models)
+from evo_sparse.training.records import STATUSES
 
 
 def check_schema(found: Any, path: Path, what: str) -> None:

@@ -48,6 +48,8 @@ from evo_sparse.models.registry import architecture
 from evo_sparse.runs import checkpoint
 from evo_sparse.search.algorithms import Hooks, SearchState, evolve, make_toolbox
 from evo_sparse.stats.measurement import run_noise
+from evo_sparse.training.data import load_splits
+from evo_sparse.training.records import STATUSES
 
 
 @dataclass(frozen=True)
@@ -122,19 +124,6 @@ def is_finished(paths: RunPaths, cfg: RunConfig, layout: Layout) -> bool:
     return checkpoint.read(paths.checkpoint, cfg, layout)["next_generation"] >= cfg.search.generations
 
 
-def load_splits(cfg: RunConfig, log: Callable[[str], None]):
-    from evo_sparse.training import data
-
-    if cfg.data.dataset == "synthetic":
-        return data.make_synthetic(
-            seed=cfg.data.split_seed,
-            train_size=cfg.data.synthetic_train,
-            val_size=cfg.data.val_size,
-            test_size=cfg.data.val_size,
-        )
-    return data.load_cifar10(cfg.data.path, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed, log=log)
-
-
 # journal row fields that are not the evaluation's record: where it sits, and how it went (``retries``: times its
 # worker died and it was started again, see ``backends``), which must not make results differ between backends
 _ROW_META = ("schema", "gen", "index", "retries", "mask", "reused")
@@ -158,7 +147,7 @@ class Journal:
                 isinstance(row.get("gen"), int)
                 and isinstance(row.get("index"), int)
                 and str(row.get("mask")).startswith(prefix)
-                and row.get("status") in checkpoint.STATUSES
+                and row.get("status") in STATUSES
             ):
                 raise RunStateError(
                     f"journal {path} line {n} is not an evaluation of this run's network; restore the journal "
@@ -243,7 +232,7 @@ def execute(
     left as it was, except that a torn last journal line and stray temp files from a crash are removed.
     """
     from evo_sparse.execution import backends
-    from evo_sparse.training.fitness import resolve_device
+    from evo_sparse.foundations.devices import resolve_device
 
     backends.refuse_while_bootstrapping()
     cfg.validate()

@@ -125,9 +125,10 @@ def masks_for(layout: Layout, cfg: RunConfig, sampling: str, count: int) -> list
 def execute(plan: Plan, *, log: Callable[[str], None] = print, show_progress: bool = True) -> tuple[Path, dict]:
     """Train what is missing, then write and return the report; (folder, report)."""
     from evo_sparse.execution import backends
-    from evo_sparse.runs.run import layout_of, load_splits
+    from evo_sparse.foundations.devices import resolve_device
+    from evo_sparse.runs.run import layout_of
     from evo_sparse.study.paper import StudyProgress
-    from evo_sparse.training.fitness import resolve_device
+    from evo_sparse.training.data import load_splits
 
     backends.refuse_while_bootstrapping()
     plan.validate()

@@ -331,7 +331,7 @@ EVALUATORS_CACHED = 4  # the search's and the held-out evaluator of the last two
 def _context(cfg: RunConfig, device: torch.device, replicates: tuple[int, ...] | None = None):
     """(Evaluator, splits on the device) for ``cfg`` under ``replicates`` (None: the search's own), cached per data
     and per (run, replicates): the ``EVALUATORS_CACHED`` used last."""
-    from evo_sparse.runs.run import load_splits
+    from evo_sparse.training.data import load_splits
     from evo_sparse.training.fitness import Evaluator
 
     data_key = repr((cfg.data, str(device)))
@@ -363,7 +363,7 @@ def _work_indexed(item: tuple[int, Job]) -> tuple[int, dict[str, Any]]:
 
 
 def _init_worker() -> None:
-    from evo_sparse.execution.backends import CPU_THREADS
+    from evo_sparse.foundations.devices import CPU_THREADS
 
     torch.set_num_threads(CPU_THREADS)
 
@@ -385,8 +385,7 @@ def execute(
     On the CPU, ``workers`` spawned processes (0 = one per core, 1 = this process) train one network each at a time,
     with one thread each, so a result does not depend on the worker count.
     """
-    from evo_sparse.execution.backends import cpu_cores
-    from evo_sparse.training.fitness import resolve_device
+    from evo_sparse.foundations.devices import cpu_cores, resolve_device
 
     todo = pending(jobs)
     for job in {j.path.parent: j for j in todo}.values():  # one job per results folder

@@ -16,14 +16,19 @@ import tarfile
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from evo_sparse.foundations.errors import DataError
+
+if TYPE_CHECKING:
+    from evo_sparse.foundations.config import RunConfig
 
 CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MEAN = (0.4914, 0.4822, 0.4465)  # per channel, pixels scaled to 0-1, over the 50,000 training images
@@ -414,3 +419,15 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
     return (x.float() / 255.0 - mean) / std
+
+
+def load_splits(cfg: RunConfig, log: Callable[[str], None]):
+    """The train / validation / test splits ``cfg.data`` names: synthetic, or CIFAR-10 decoded once into a cache."""
+    if cfg.data.dataset == "synthetic":
+        return make_synthetic(
+            seed=cfg.data.split_seed,
+            train_size=cfg.data.synthetic_train,
+            val_size=cfg.data.val_size,
+            test_size=cfg.data.val_size,
+        )
+    return load_cifar10(cfg.data.path, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed, log=log)

@@ -12,43 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
 import torch
 
-from evo_sparse.execution.backends import CPU_THREADS
 from evo_sparse.foundations import faults
 from evo_sparse.foundations.config import RunConfig, TrainConfig, pack_size
-from evo_sparse.foundations.errors import ConfigError, EvoSparseError
+from evo_sparse.foundations.devices import CPU_THREADS
+from evo_sparse.foundations.errors import EvoSparseError
 from evo_sparse.foundations.seeds import derive
 from evo_sparse.models.masks import Mask
 from evo_sparse.models.registry import architecture
 from evo_sparse.training.data import Splits
+from evo_sparse.training.records import FitnessRecord, combine, fitness_record
 from evo_sparse.training.trainer import BatchStream, NonFiniteLoss, evaluate, train
-
-OK, FAILED = "ok", "failed"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; ConfigError for a device this machine does not have."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}")
-    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
-    if device.type == "cuda" and not count:
-        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
-    if device.type == "cuda" and (device.index or 0) >= count:
-        raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
-    return device
 
 
 def parent_state(cfg: RunConfig) -> dict[str, torch.Tensor]:
@@ -119,37 +99,37 @@ class Evaluator:
         self.val_x, self.val_y = splits.validation(t.val_images)
         self.pack = pack_size(cfg) if self.arch.batches else 1  # a network without a batched form: one at a time
 
-    def __call__(self, genome) -> dict[str, Any]:
+    def __call__(self, genome) -> FitnessRecord:
         return self.evaluate_mask(Mask(self.layout, tuple(genome)))
 
     def build(self, mask: Mask):
         """The compacted sub-network at the parent's initial weights, on this evaluator's device."""
         return self.arch.sub_network(self.parent, mask).to(self.device)
 
-    def evaluate_mask(self, mask: Mask) -> dict[str, Any]:
+    def evaluate_mask(self, mask: Mask) -> FitnessRecord:
         """The fitness record of ``mask`` by this run's procedure: ``evaluate_alone``, or with ``--pack`` P > 1 as
         member 0 of a population of P (``population.evaluate_masks``)."""
         return self.evaluate_masks([mask])[0]
 
-    def evaluate_masks(self, masks: list[Mask | None]) -> list[dict[str, Any] | None]:
+    def evaluate_masks(self, masks: list[Mask | None]) -> list[FitnessRecord | None]:
         """``evaluate_mask`` of each mask, in order (None for None); with ``--pack`` P > 1 mask ``j`` trains as member
         ``j % P`` of the population ``masks[j - j % P : ...]`` (a member's value depends on its slot). Each replicate
         trains every mask before the next replicate starts; their records are merged by ``combine``."""
         per_replicate = [self._evaluate_replicate(masks, rep) for rep in self.replicates]
         return [None if m is None else combine([r[j] for r in per_replicate]) for j, m in enumerate(masks)]
 
-    def _evaluate_replicate(self, masks: list[Mask | None], rep: Replicate) -> list[dict[str, Any] | None]:
+    def _evaluate_replicate(self, masks: list[Mask | None], rep: Replicate) -> list[FitnessRecord | None]:
         if self.pack == 1:
             return [None if m is None else self.evaluate_alone(m, rep) for m in masks]
         from evo_sparse.training.population import evaluate_masks
 
         return evaluate_masks(self, masks, chunk=self.pack, slots=True, replicate=rep)
 
-    def evaluate_genomes(self, genomes) -> list[dict[str, Any] | None]:
+    def evaluate_genomes(self, genomes) -> list[FitnessRecord | None]:
         """``evaluate_masks`` of flat 0/1 lists (None stays None)."""
         return self.evaluate_masks([None if g is None else Mask(self.layout, tuple(g)) for g in genomes])
 
-    def evaluate_alone(self, mask: Mask, replicate: Replicate | None = None) -> dict[str, Any]:
+    def evaluate_alone(self, mask: Mask, replicate: Replicate | None = None) -> FitnessRecord:
         """Train the sub-network briefly, on its own, under ``replicate`` (default: every replicate of this evaluator,
         merged by ``combine``), and measure validation accuracy.
 
@@ -165,7 +145,7 @@ class Evaluator:
             return combine([self.evaluate_alone(mask, rep) for rep in self.replicates])
         start = time.perf_counter()
         params, macs = self.arch.cost(mask.widths())
-        record: dict[str, Any] = {"sparsity": mask.sparsity, "params": params, "macs": macs}
+        record = partial(fitness_record, sparsity=mask.sparsity, params=params, macs=macs)
         fault = faults.fitness_fault(self.cfg.seed, mask.encode())  # None unless a test injects failures
         full = batch_size = self.cfg.train.batch_size
         try:
@@ -176,27 +156,24 @@ class Evaluator:
                 scored = self._attempt(mask, stream, replicate.train_seed, train_cfg, None if fault == "oom" else fault)
             if scored is None:
                 reason = f"out of device memory at batch size {full}" + (f" and {batch_size}" if full > 1 else "")
-                return record | _failed(reason, start, 0, batch_size)
+                return record(reason=reason, train_images=0, batch_size=batch_size, seconds=_since(start))
             acc, val_loss, result = scored
         except NonFiniteLoss as exc:
-            return record | _failed(str(exc), start, replicate.stream.images, batch_size)
+            images = replicate.stream.images
+            return record(reason=str(exc), train_images=images, batch_size=batch_size, seconds=_since(start))
         except EvoSparseError:
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
-            return record | _failed(reason, start, 0, batch_size)
-        if not (math.isfinite(acc) and math.isfinite(val_loss)):
-            return record | _failed(f"validation accuracy {acc}, loss {val_loss}", start, result.images, batch_size)
-        return record | {
-            "status": OK,
-            "fitness": acc,
-            "val_loss": val_loss,
-            "train_loss": result.train_loss,
-            "train_images": result.images,
-            "batch_size": batch_size,
-            "seconds": time.perf_counter() - start,
-            "reason": None,
-        }
+            return record(reason=reason, train_images=0, batch_size=batch_size, seconds=_since(start))
+        return record(
+            accuracy=acc,
+            val_loss=val_loss,
+            train_loss=result.train_loss,
+            train_images=result.images,
+            batch_size=batch_size,
+            seconds=_since(start),
+        )
 
     def _attempt(self, mask: Mask, stream: BatchStream, train_seed: int, train_cfg: TrainConfig, fault: str | None):
         """(accuracy, validation loss, TrainResult), or None when the device ran out of memory (then freed)."""
@@ -226,62 +203,22 @@ class Evaluator:
         return stream, dataclasses.replace(t, batch_size=batch_size, eval_batch_size=max(1, t.eval_batch_size // 2))
 
 
-def combine(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """One fitness record from the records of its replicates (one record: itself, unchanged).
-
-    Several: ``fitness``, ``val_loss`` and ``train_loss`` are their means, ``train_images`` and ``seconds`` their
-    sums, ``replicate_fitness`` lists each replicate's fitness (None where it failed) and ``fitness_sd`` is their
-    sample standard deviation. A fitness is failed when any replicate failed (a mean of the survivors would be
-    biased); ``reason`` is the first failure's.
-    """
-    if len(records) == 1:
-        return records[0]
-    values = [r["fitness"] if r["status"] == OK else None for r in records]
-    failed = [r for r in records if r["status"] != OK]
-    merged = dict(records[0])
-    merged |= {
-        "train_images": sum(r["train_images"] for r in records),
-        "batch_size": min(r["batch_size"] for r in records),
-        "seconds": sum(r["seconds"] for r in records),
-        "replicate_fitness": values,
-    }
-    if failed:
-        return (
-            merged
-            | {k: None for k in ("fitness", "val_loss", "train_loss", "fitness_sd")}
-            | {
-                "status": FAILED,
-                "reason": failed[0]["reason"],
-            }
-        )
-    return merged | {
-        "status": OK,
-        "fitness": statistics.fmean(values),
-        "val_loss": statistics.fmean(r["val_loss"] for r in records),
-        "train_loss": statistics.fmean(r["train_loss"] for r in records),
-        "fitness_sd": statistics.stdev(values),
-        "reason": None,
-    }
-
-
-def _failed(reason: str, start: float, images: int, batch_size: int) -> dict[str, Any]:
-    return {
-        "status": FAILED,
-        "fitness": None,
-        "val_loss": None,
-        "train_loss": None,
-        "train_images": images,
-        "batch_size": batch_size,
-        "seconds": time.perf_counter() - start,
-        "reason": reason,
-    }
-
-
-def lost_record(cfg: RunConfig, genome, reason: str) -> dict[str, Any]:
+def lost_record(cfg: RunConfig, genome, reason: str) -> FitnessRecord:
     """The failed record of an evaluation that never finished because its worker process died at every attempt
     (``backends``): the same fields as ``Evaluator.evaluate_mask``'s, with ``reason``."""
     arch = architecture(cfg.model)
     mask = Mask(arch.layout, tuple(genome))
     params, macs = arch.cost(mask.widths())
-    record = {"sparsity": mask.sparsity, "params": params, "macs": macs}
-    return record | _failed(reason, time.perf_counter(), 0, cfg.train.batch_size)
+    return fitness_record(
+        sparsity=mask.sparsity,
+        params=params,
+        macs=macs,
+        train_images=0,
+        batch_size=cfg.train.batch_size,
+        seconds=0.0,
+        reason=reason,
+    )
+
+
+def _since(start: float) -> float:
+    return time.perf_counter() - start

@@ -9,7 +9,6 @@ where training it alone ends (to float rounding), whatever another one does, NaN
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from evo_sparse.foundations.errors import EvoSparseError
 from evo_sparse.models.masks import Mask
 from evo_sparse.models.registry import Architecture
 from evo_sparse.training.data import normalize
+from evo_sparse.training.records import fitness_record
 from evo_sparse.training.trainer import (
     CHECK_EVERY,
     BatchStream,
@@ -209,8 +209,6 @@ def evaluate_masks(
 def _evaluate_piece(evaluator, masks: list[Mask], real: list[bool], replicate) -> list[dict[str, Any]]:
     """Records of the ``real`` ones of ``masks`` (equal widths; the others fill the population), trained as one
     population; raises what building or training raises."""
-    from evo_sparse.training.fitness import FAILED, OK  # here: fitness may come to import this module
-
     cfg, dev = evaluator.cfg, evaluator.device
     start = time.perf_counter()
     params, macs = evaluator.arch.cost(masks[0].widths())
@@ -226,23 +224,20 @@ def _evaluate_piece(evaluator, masks: list[Mask], real: list[bool], replicate) -
     for mask, result, (acc, val_loss), keep in zip(masks, trained, scores, real):
         if not keep:
             continue
-        reason = result.reason
-        if reason is None and not (math.isfinite(acc) and math.isfinite(val_loss)):
-            reason = f"validation accuracy {acc}, loss {val_loss}"
-        ok = reason is None
-        records.append({
-            "sparsity": mask.sparsity,
-            "params": params,
-            "macs": macs,
-            "status": OK if ok else FAILED,
-            "fitness": acc if ok else None,
-            "val_loss": val_loss if ok else None,
-            "train_loss": result.train_loss if ok else None,
-            "train_images": result.images,
-            "batch_size": cfg.train.batch_size,
-            "seconds": seconds,
-            "reason": reason,
-        })  # fmt: skip
+        records.append(
+            fitness_record(
+                sparsity=mask.sparsity,
+                params=params,
+                macs=macs,
+                accuracy=acc,
+                val_loss=val_loss,
+                train_loss=result.train_loss,
+                reason=result.reason,
+                train_images=result.images,
+                batch_size=cfg.train.batch_size,
+                seconds=seconds,
+            )
+        )
     return records
 
 
