@@ -17,8 +17,8 @@ import statistics
 import time
 
 from evo_sparse.execution import backends
-from evo_sparse.foundations.config import preset
 from evo_sparse.foundations.devices import resolve_device
+from evo_sparse.foundations.presets import preset
 from evo_sparse.models.masks import Layout, sample
 from evo_sparse.models.wrn import units
 from evo_sparse.training.data import load_splits

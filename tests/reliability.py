@@ -27,7 +27,8 @@ from click.testing import CliRunner
 
 from evo_sparse.cli import build_config, cli
 from evo_sparse.foundations import faults
-from evo_sparse.runs.run import read_config, run_folder
+from evo_sparse.foundations.paths import run_folder
+from evo_sparse.runs.run import read_config
 
 EXIT_INTERRUPTED = 130  # the CLI's exit code after Ctrl-C
 EXIT_TERMINATED = 143  # and after SIGTERM (128 + 15, what schedulers expect)

@@ -17,10 +17,12 @@ from click.testing import CliRunner
 
 from evo_sparse.cli import cli
 from evo_sparse.execution import backends
-from evo_sparse.execution.backends import Plan, in_order, plan
+from evo_sparse.execution.backends import Plan, plan
+from evo_sparse.execution.local import in_order
+from evo_sparse.execution.process import eval_limit
 from evo_sparse.foundations import faults
-from evo_sparse.foundations.config import preset
 from evo_sparse.foundations.errors import ConfigError
+from evo_sparse.foundations.presets import preset
 
 SMOKE = ["run", "--preset", "smoke", "--quiet"]
 
@@ -217,7 +219,7 @@ def test_a_hung_worker_is_killed_and_its_evaluation_retried(tmp_path, monkeypatc
     [(5.0, None, 5.0), (5.0, 100.0, 5.0), (0.0, None, None), (0.0, 2.0, 60.0), (0.0, 30.0, 300.0)],
 )
 def test_the_automatic_eval_timeout_is_ten_times_the_slowest_with_a_floor(setting, slowest, limit):
-    assert backends.eval_limit(setting, slowest) == limit
+    assert eval_limit(setting, slowest) == limit
 
 
 # --- packs: individuals trained together -----------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import json
 from click.testing import CliRunner
 
 from evo_sparse.cli import cli
-from evo_sparse.foundations.config import preset
 from evo_sparse.foundations.devices import cpu_cores
+from evo_sparse.foundations.presets import preset
 from evo_sparse.study.bench import bench_config, format_table, run_benchmark
 from evo_sparse.training.data import load_splits
 

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from evo_sparse.cli import RUN_OPTIONS, cli
-from evo_sparse.foundations.config import RunConfig, flat_items, preset
+from evo_sparse.foundations.config import RunConfig, flat_items
+from evo_sparse.foundations.presets import preset
 from evo_sparse.models import wrn
 from evo_sparse.models.masks import Layout, Mask
 from evo_sparse.runs.run import read_config

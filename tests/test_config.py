@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from evo_sparse.foundations import config
-from evo_sparse.foundations.config import PRESETS, RunConfig
+from evo_sparse.foundations import config, presets
+from evo_sparse.foundations.config import RunConfig
 from evo_sparse.foundations.errors import ConfigError
+from evo_sparse.foundations.presets import PRESETS
 from evo_sparse.models.registry import architecture
 
 PRESET_NAMES = ("smoke", "cpu", "paper")
@@ -19,12 +20,12 @@ PRESET_NAMES = ("smoke", "cpu", "paper")
 def test_the_three_presets_exist():
     assert set(PRESET_NAMES) <= set(PRESETS)
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
-        config.preset("huge")
+        presets.preset("huge")
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_round_trip_through_json_is_exact(name):
-    cfg = config.preset(name)
+    cfg = presets.preset(name)
     blob = json.dumps(cfg.to_dict())
     back = RunConfig.from_dict(json.loads(blob))
     assert back == cfg
@@ -38,7 +39,7 @@ def test_round_trip_through_json_is_exact(name):
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_presets_are_valid(name):
-    assert config.preset(name).validate() == config.preset(name)
+    assert presets.preset(name).validate() == presets.preset(name)
 
 
 def test_round_trip_keeps_floats_and_none():
@@ -85,13 +86,13 @@ def test_from_dict_rejects_a_group_that_is_not_an_object():
 def test_default_config_has_no_hashed_items():
     assert RunConfig().hashed_items() == {}
     cpu = {"search.sampling": "global", "train.train_images": 2048, "train.lr": 0.05, "train.replicates": 2}
-    assert config.preset("cpu").hashed_items() == cpu  # the recipe the fidelity study chose
+    assert presets.preset("cpu").hashed_items() == cpu  # the recipe the fidelity study chose
     defaults = config.flat_items(RunConfig())
-    assert config.preset("cpu").updated({k: defaults[k] for k in cpu}).run_hash() == RunConfig().run_hash()
+    assert presets.preset("cpu").updated({k: defaults[k] for k in cpu}).run_hash() == RunConfig().run_hash()
 
 
 def test_run_hash_differs_between_presets():
-    hashes = {name: config.preset(name).run_hash() for name in PRESET_NAMES}
+    hashes = {name: presets.preset(name).run_hash() for name in PRESET_NAMES}
     assert len(set(hashes.values())) == len(PRESET_NAMES)
     assert all(len(h) == 10 and int(h, 16) >= 0 for h in hashes.values())
 
@@ -109,7 +110,7 @@ def test_run_hash_differs_between_sparsities_and_is_stable():
 
 def test_run_hash_is_the_same_in_another_process():
     code = (
-        "from evo_sparse.foundations.config import preset; "
+        "from evo_sparse.foundations.presets import preset; "
         "print(*(preset(n).updated({'search.sparsity': 0.9, 'seed': 3}).run_hash() for n in ('smoke', 'paper')))"
     )
     outs = {
@@ -124,12 +125,12 @@ def test_run_hash_is_the_same_in_another_process():
         for seed in ("1", "2")
     }
     changes = {"search.sparsity": 0.9, "seed": 3}
-    here = " ".join(config.preset(n).updated(changes).run_hash() for n in ("smoke", "paper"))
+    here = " ".join(presets.preset(n).updated(changes).run_hash() for n in ("smoke", "paper"))
     assert outs == {here}
 
 
 def test_run_hash_ignores_where_the_run_happens():
-    base = config.preset("smoke")
+    base = presets.preset("smoke")
     for change in ({"device": "cuda:1"}, {"runs_dir": "/elsewhere"}, {"data.path": "/data/cifar-10-python.tar.gz"}):
         moved = base.updated(change)
         assert moved != base

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import evo_sparse.training.cifar10 as cifar10
 import evo_sparse.training.data as data
 from evo_sparse.foundations.errors import DataError
 
@@ -25,20 +26,20 @@ REAL_ARCHIVE = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
     """No env var, a private cache, no default places, and a download that fails like an offline machine."""
-    monkeypatch.delenv(data.ENV_DATA, raising=False)
-    monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "default-cache"))
+    monkeypatch.delenv(cifar10.ENV_DATA, raising=False)
+    monkeypatch.setenv(cifar10.ENV_CACHE, str(tmp_path / "default-cache"))
 
     def no_download(root):
         raise OSError("urlopen error [Errno -2] Name or service not known")
 
-    monkeypatch.setattr(data, "_download", no_download)
-    monkeypatch.setattr(data, "_default_candidates", lambda: [tmp_path / "nowhere" / "cifar10-jpeg.tar.gz"])
+    monkeypatch.setattr(cifar10, "_download", no_download)
+    monkeypatch.setattr(cifar10, "_default_candidates", lambda: [tmp_path / "nowhere" / "cifar10-jpeg.tar.gz"])
 
 
 @pytest.fixture
 def small(monkeypatch):
-    monkeypatch.setattr(data, "TRAIN_PER_CLASS", N_TRAIN)
-    monkeypatch.setattr(data, "TEST_PER_CLASS", N_TEST)
+    monkeypatch.setattr(cifar10, "TRAIN_PER_CLASS", N_TRAIN)
+    monkeypatch.setattr(cifar10, "TEST_PER_CLASS", N_TEST)
 
 
 def write_tree(root: Path) -> Path:
@@ -65,13 +66,13 @@ def write_archive(tmp_path: Path, name: str = "mini.tar.gz", extra: list[tarfile
 
 def count_decodes(monkeypatch) -> list[int]:
     calls = [0]
-    real = data._decode_jpeg
+    real = cifar10._decode_jpeg
 
     def counting(blob, where):
         calls[0] += 1
         return real(blob, where)
 
-    monkeypatch.setattr(data, "_decode_jpeg", counting)
+    monkeypatch.setattr(cifar10, "_decode_jpeg", counting)
     return calls
 
 
@@ -143,7 +144,7 @@ def test_sidecar_checksum(small, tmp_path):
 
 
 def test_shipped_name_checked_against_known_digest(small, tmp_path):
-    archive = write_archive(tmp_path, name=data.SHIPPED_NAME)  # right name, wrong bytes, no sidecar
+    archive = write_archive(tmp_path, name=cifar10.SHIPPED_NAME)  # right name, wrong bytes, no sidecar
     with pytest.raises(DataError, match="corrupt"):
         data.load_cifar10(str(archive), val_size=10, cache_dir=tmp_path / "cache", log=lambda m: None)
 
@@ -199,24 +200,24 @@ def test_bad_val_size(small, tmp_path, val_size):
 
 def test_env_var_lookup_and_precedence(small, tmp_path, monkeypatch):
     archive = write_archive(tmp_path)
-    monkeypatch.setenv(data.ENV_DATA, str(archive))
-    assert data.resolve_cifar10(None) == archive.resolve()
-    assert data.resolve_cifar10(str(tmp_path / "tree")) == (tmp_path / "tree").resolve()  # the argument wins
-    monkeypatch.setenv(data.ENV_DATA, str(tmp_path / "gone.tar.gz"))
-    with pytest.raises(DataError, match=data.ENV_DATA):
-        data.resolve_cifar10(None)
+    monkeypatch.setenv(cifar10.ENV_DATA, str(archive))
+    assert cifar10.resolve_cifar10(None) == archive.resolve()
+    assert cifar10.resolve_cifar10(str(tmp_path / "tree")) == (tmp_path / "tree").resolve()  # the argument wins
+    monkeypatch.setenv(cifar10.ENV_DATA, str(tmp_path / "gone.tar.gz"))
+    with pytest.raises(DataError, match=cifar10.ENV_DATA):
+        cifar10.resolve_cifar10(None)
 
 
 def test_default_places_are_used(tmp_path, monkeypatch):
     archive = write_archive(tmp_path)
-    monkeypatch.setattr(data, "_default_candidates", lambda: [tmp_path / "absent.tar.gz", archive])
-    assert data.resolve_cifar10(None) == archive.resolve()
+    monkeypatch.setattr(cifar10, "_default_candidates", lambda: [tmp_path / "absent.tar.gz", archive])
+    assert cifar10.resolve_cifar10(None) == archive.resolve()
 
 
 def test_missing_path_message(tmp_path):
     missing = tmp_path / "no" / "cifar.tar.gz"
     with pytest.raises(DataError) as err:
-        data.resolve_cifar10(str(missing))
+        cifar10.resolve_cifar10(str(missing))
     message = str(err.value)
     assert str(missing) in message and "--data" in message and "\n" not in message
 
@@ -226,23 +227,23 @@ def test_path_that_is_not_a_copy(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     for bad in (tmp_path / "empty", tmp_path / "notes.txt"):
         with pytest.raises(DataError, match="not a CIFAR-10 copy"):
-            data.resolve_cifar10(str(bad))
+            cifar10.resolve_cifar10(str(bad))
 
 
 def test_nothing_found_and_offline_is_one_line(tmp_path):
     with pytest.raises(DataError) as err:
-        data.resolve_cifar10(None)
+        cifar10.resolve_cifar10(None)
     message = str(err.value)
-    assert "\n" not in message and "--data" in message and data.ENV_DATA in message
+    assert "\n" not in message and "--data" in message and cifar10.ENV_DATA in message
     assert str(tmp_path / "nowhere") in message and "download" in message
 
 
 def test_torchvision_folder_found_and_checked(tmp_path):
-    batches = tmp_path / "root" / data.TV_FOLDER
+    batches = tmp_path / "root" / cifar10.TV_FOLDER
     batches.mkdir(parents=True)
     (batches / "data_batch_1").write_bytes(b"not a real batch")
-    assert data.resolve_cifar10(str(tmp_path / "root")) == batches.resolve()
-    assert data.resolve_cifar10(str(batches)) == batches.resolve()
+    assert cifar10.resolve_cifar10(str(tmp_path / "root")) == batches.resolve()
+    assert cifar10.resolve_cifar10(str(batches)) == batches.resolve()
     with pytest.raises(DataError, match="damaged or incomplete"):  # torchvision's md5 check fails before unpickling
         data.load_cifar10(str(batches))
 
@@ -255,7 +256,7 @@ def test_torchvision_folder_loads(small, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
-    batches = tmp_path / data.TV_FOLDER
+    batches = tmp_path / cifar10.TV_FOLDER
     batches.mkdir()
     rng = np.random.default_rng(0)
     train_x = rng.integers(0, 256, (10 * N_TRAIN, 3, 32, 32), dtype=np.uint8)
@@ -369,7 +370,7 @@ def test_real_archive(tmp_path):
     assert s.test_y.bincount().tolist() == [1000] * 10
     mean = s.train_x.float().mean((0, 2, 3)) / 255
     assert torch.allclose(mean, torch.tensor(data.MEAN), atol=0.01)
-    assert os.path.basename(s.description.rstrip(")")) == data.SHIPPED_NAME
+    assert os.path.basename(s.description.rstrip(")")) == cifar10.SHIPPED_NAME
 
 
 def test_validation_subset_holds_every_class():
@@ -387,7 +388,7 @@ def test_balanced_order_keeps_order_within_a_class():
 
 
 def test_fitness_with_few_validation_images_sees_every_class():
-    from evo_sparse.foundations.config import preset
+    from evo_sparse.foundations.presets import preset
     from evo_sparse.training.fitness import Evaluator
 
     cfg = preset("smoke").updated({"train.val_images": 50})

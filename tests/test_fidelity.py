@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from evo_sparse.cli import cli
-from evo_sparse.foundations.config import preset
+from evo_sparse.foundations.presets import preset
 from evo_sparse.models.masks import Mask, sample
 from evo_sparse.runs.run import summarize
 from evo_sparse.stats import measurement

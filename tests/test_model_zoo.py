@@ -338,7 +338,7 @@ def test_set_gates_none_restores_the_dense_network(model):
 
 @pytest.mark.parametrize(("name", "depth", "width"), [("wrn", 10, 1), ("resnet", 8, 1), ("vgg", 11, 1)])
 def test_every_builtin_network_runs_a_smoke_search(tmp_path, name, depth, width):
-    from evo_sparse.foundations.config import preset
+    from evo_sparse.foundations.presets import preset
     from evo_sparse.runs.run import execute, summarize
 
     cfg = preset("smoke").updated({

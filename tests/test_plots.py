@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from scipy import stats
 
 from evo_sparse.cli import cli
-from evo_sparse.foundations.config import final_preset
+from evo_sparse.foundations.presets import final_preset
 from evo_sparse.foundations.storage import write_json
 from evo_sparse.study import plots
 

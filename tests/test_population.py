@@ -14,17 +14,28 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from evo_sparse.foundations.config import TrainConfig, preset
+from evo_sparse.foundations.config import TrainConfig
 from evo_sparse.foundations.errors import ConfigError
+from evo_sparse.foundations.presets import preset
 from evo_sparse.models import wrn
 from evo_sparse.models.masks import Layout, Mask, compact_state, sample
 from evo_sparse.training import population
 from evo_sparse.training.data import make_synthetic, normalize
 from evo_sparse.training.fitness import Evaluator
 from evo_sparse.training.population import evaluate_masks, evaluate_population, population_network, train_population
-from evo_sparse.training.trainer import CHECK_EVERY, BatchStream, NonFiniteLoss, evaluate, train
+from evo_sparse.training.schedules import Recipe, lr_at
+from evo_sparse.training.trainer import (
+    CHECK_EVERY,
+    BatchStream,
+    NonFiniteLoss,
+    evaluate,
+    make_optimizer,
+    train,
+    train_steps,
+)
 
 DATA = make_synthetic(seed=3, train_size=256, val_size=64, test_size=10)
 
@@ -180,6 +191,42 @@ def test_a_diverging_individual_fails_alone(when, check_every, found, monkeypatc
         assert_state_close(pop.unstack(i), state, rtol=1e-9, atol=1e-10)
         torch.testing.assert_close(logits[:, i], want_logits, rtol=1e-9, atol=1e-9)
         assert scores[i][0] == acc
+
+
+def test_the_one_training_loop_checks_every_few_steps_and_drops_only_the_failed(monkeypatch):
+    """``trainer.train_steps``, which the brief, population and full trainings all run: checked every 4 steps (as on
+    CUDA), a NaN loss at step 5 (0-based) is found at step 7. One network raises NonFiniteLoss; of two trained together
+    only the failed one leaves the loss, and the other ends bit for bit where training it alone ends."""
+    monkeypatch.setitem(CHECK_EVERY, "cpu", 4)
+    stream = BatchStream.draw(DATA.train_x, DATA.train_y, total=10 * 8, batch_size=8, seed=0)
+    recipe = Recipe(lr=0.1, warmup=0.2, weight_decay=1e-3)
+
+    def run(n, poison, record=None):
+        torch.manual_seed(0)
+        nets = nn.ModuleList(nn.Linear(3 * 32 * 32, 10) for _ in range(n))
+        opt = make_optimizer(nets, recipe)
+        step = iter(range(10))
+
+        def losses(x, y):
+            each = torch.stack([F.cross_entropy(net(x.flatten(1)), y) for net in nets])
+            each = each * torch.tensor(poison) if next(step) == 5 else each
+            return each if n > 1 else each[0]
+
+        batches = zip(stream.x, stream.y)
+        steps = train_steps(nets, opt, batches, recipe, losses=losses, span=range(10), steps=10, on_nonfinite=record)
+        yielded = [loss for _, loss in steps]
+        assert opt.param_groups[0]["lr"] == lr_at(9, 10, recipe)
+        return nets, yielded
+
+    with pytest.raises(NonFiniteLoss, match="by step 8 of 10"):
+        run(1, [math.nan])
+    calls = []
+    pair, losses = run(2, [1.0, math.nan], lambda step, loss, failed: calls.append((step, failed.tolist())))
+    alone, alone_losses = run(1, [1.0])
+    assert calls == [(7, [False, True])]
+    assert [loss[1].item() for loss in losses[7:]] == [0.0, 0.0, 0.0]  # left out of the loss from the check on
+    assert [loss[0].item() for loss in losses] == [loss.item() for loss in alone_losses]
+    assert torch.equal(pair[0].weight, alone[0].weight) and torch.equal(pair[0].bias, alone[0].bias)
 
 
 def test_evaluate_masks_gives_the_evaluators_records(monkeypatch):

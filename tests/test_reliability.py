@@ -18,9 +18,9 @@ import torch
 from click.testing import CliRunner
 
 from evo_sparse.cli import cli
-from evo_sparse.foundations.config import preset
 from evo_sparse.foundations.devices import cpu_cores
 from evo_sparse.foundations.errors import DataError
+from evo_sparse.foundations.presets import preset
 from evo_sparse.models.masks import Mask, sample
 from evo_sparse.training import fitness
 from evo_sparse.training.data import make_synthetic

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evo_sparse.execution.backends import UNGUARDED
+from evo_sparse.execution.process import UNGUARDED
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -46,7 +46,7 @@ def test_readme_examples_are_guarded():
 
 def test_a_script_without_the_guard_stops_with_one_line(tmp_path):
     code = (
-        "from evo_sparse.foundations.config import preset\n"
+        "from evo_sparse.foundations.presets import preset\n"
         "from evo_sparse.runs.run import execute\n"
         'cfg = preset("smoke").updated({"runs_dir": "runs", "backend": "process", "workers": 2})\n'
         "execute(cfg)\n"

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from evo_sparse.cli import FINAL_OPTIONS, cli
+from evo_sparse.foundations import paths
 from evo_sparse.foundations.config import FinalConfig
 from evo_sparse.models.masks import Mask
 from evo_sparse.runs import run
@@ -122,7 +123,7 @@ def test_a_lost_result_is_trained_again_to_the_same_numbers(study):
     run_dir = study / json.loads((study / "study.json").read_text())["runs"][0]
     recipe = FinalConfig.from_dict(json.loads(next(run_dir.glob("final_*/final.json")).read_text()))
     jobs = final.run_jobs(run_dir, recipe, dense=False)
-    lost = final.final_folder(run_dir, recipe) / "random_1_seed1.json"
+    lost = paths.final_folder(run_dir, recipe) / "random_1_seed1.json"
     before = {j.path: j.path.read_bytes() for j in jobs}
     lost.unlink()
     assert final.pending(jobs) == [j for j in jobs if j.path == lost]
@@ -136,10 +137,10 @@ def test_final_command_on_one_run(study):
     args = ["final", str(run_dir), "--epochs", "1", "--final-lr", "0.02", "--seeds", "1", "--final-masks", "1"]
     result = invoke(*args, "--no-dense", "--workers", "1", "--quiet")
     out = last_line(result)
-    assert out == final.final_folder(run_dir, FinalConfig.from_dict(json.loads((out / "final.json").read_text())))
+    assert out == paths.final_folder(run_dir, FinalConfig.from_dict(json.loads((out / "final.json").read_text())))
     assert sorted(p.name for p in out.glob("*_seed*.json")) == ["found_0_seed0.json", "random_0_seed0.json"]
     assert "found" in result.stdout and "n=1" in result.stdout
-    dense = final.dense_folder(final.load_run(run_dir)[0], run_dir.parent.parent) / out.name
+    dense = paths.dense_folder(final.load_run(run_dir)[0], run_dir.parent.parent) / out.name
     assert not dense.exists()  # --no-dense
     before = snapshot(out)
     started = time.perf_counter()
@@ -183,11 +184,11 @@ def test_bad_input_exits_2_with_one_line_before_any_work(tmp_path, args, needle)
 def test_final_refuses_folders_that_are_not_finished_runs(tmp_path):
     result = CliRunner().invoke(cli, ["final", str(tmp_path)])
     assert result.exit_code == 2 and "not a run folder" in result.stderr
-    from evo_sparse.foundations.config import preset
+    from evo_sparse.foundations.presets import preset
 
-    paths = run.RunPaths(tmp_path / "run")
-    run.write_config(paths, preset("smoke"))
-    result = CliRunner().invoke(cli, ["final", str(paths.root)])
+    folder = paths.RunPaths(tmp_path / "run")
+    run.write_config(folder, preset("smoke"))
+    result = CliRunner().invoke(cli, ["final", str(folder.root)])
     assert result.exit_code == 2 and "unfinished" in result.stderr and len(result.stderr.splitlines()) == 1
 
 

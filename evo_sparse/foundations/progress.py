@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 from evo_sparse.foundations.config import SearchConfig
 
@@ -75,4 +77,55 @@ class Progress:
             f"gen {self.gen + 1}/{self.cfg.generations} done: mean {avg}  max {top}  "
             f"failed {last['failed']}  elapsed {format_seconds(time.perf_counter() - self.start)}",
             final=True,
+        )
+
+
+class StudyProgress:
+    """One stderr line per finished step: steps done, share of the work, elapsed time and an ETA.
+
+    Work is counted in training images (a search evaluation's budget, a full training's epochs) weighted by the
+    network's cost per image (``study.final.training_cost``: a dense network costs ~10x one at 0.9 sparsity); the ETA
+    is the rate of the work computed in this process applied to the work left (steps already on disk cost nothing)."""
+
+    def __init__(self, log: Callable[[str], None], *, enabled: bool = True, label: str = "study"):
+        self.log, self.enabled, self.label = log, enabled, label
+        self.total = self.done = self.computed = 0
+        self.steps = self.steps_done = 0
+        self.start = time.perf_counter()
+
+    def add(self, steps: int, work: float) -> None:
+        self.steps += steps
+        self.total += work
+
+    def skipped(self, steps: int, work: float, what: str = "final trainings") -> None:
+        """``steps`` found done on disk: counted as done, one line for all of them."""
+        self.steps_done += steps
+        self.done += work
+        if steps and self.enabled:
+            self.log(f"[{self.label}] {steps} {what} already on disk")
+
+    def skip_done(self, jobs: list) -> None:
+        """Count the final-training ``jobs`` whose result is already on disk as done."""
+        on_disk = [j for j in jobs if j.path.exists()]
+        self.skipped(len(on_disk), sum(j.work for j in on_disk))
+
+    def trained(self, label: str, job, record: dict[str, Any]) -> None:
+        """The line of a finished final training: ``label``, then its test accuracy or why it failed."""
+        acc = record["final_test_acc"]
+        result = f"test acc {acc:.4f}" if acc is not None else f"failed: {record['reason']}"
+        self.finished(f"{label}: {result}", job.work)
+
+    def finished(self, what: str, work: float, *, computed: bool = True) -> None:
+        self.steps_done += 1
+        self.done += work
+        self.computed += work if computed else 0
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        left = self.total - self.done
+        eta = format_seconds(elapsed / self.computed * left) if self.computed else "?"
+        share = self.done / self.total if self.total else 1.0
+        self.log(
+            f"[{self.label}] {self.steps_done}/{self.steps} {what}  ({share:.0%} of the work, elapsed "
+            f"{format_seconds(elapsed)}, ETA {eta})"
         )

@@ -215,3 +215,19 @@ def _lock_holder(inode: int) -> int | None:
         if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
             return int(fields[4]) if fields[4].isdigit() else None
     return None
+
+
+def write_json_if_changed(path: Path, obj: Any) -> bool:
+    """``write_json`` unless the file already holds ``obj``; whether it wrote."""
+    if path.exists() and read_json(path, path.name) == json.loads(json.dumps(obj)):
+        return False
+    write_json(path, obj)
+    return True
+
+
+def write_text_if_changed(path: Path, text: str) -> bool:
+    """``write_text_atomic`` unless the file already holds ``text``; whether it wrote."""
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    write_text_atomic(path, text)
+    return True

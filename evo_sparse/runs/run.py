@@ -22,7 +22,6 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 from evo_sparse import __version__
 from evo_sparse.foundations.config import RunConfig
 from evo_sparse.foundations.errors import ConfigError, EvoSparseError, FailedEvaluationsError, RunStateError
+from evo_sparse.foundations.paths import RunPaths, run_folder
 from evo_sparse.foundations.progress import Progress
 from evo_sparse.foundations.seeds import seed_everything
 from evo_sparse.foundations.storage import (
@@ -50,37 +50,6 @@ from evo_sparse.search.algorithms import Hooks, SearchState, evolve, make_toolbo
 from evo_sparse.stats.measurement import run_noise
 from evo_sparse.training.data import load_splits
 from evo_sparse.training.records import STATUSES
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Every file name of a run folder."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def environment(self) -> Path:
-        return self.root / "environment.json"
-
-    @property
-    def evaluations(self) -> Path:
-        return self.root / "evaluations.jsonl"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "lock"
-
-
-def run_folder(cfg: RunConfig) -> Path:
-    return Path(cfg.runs_dir) / f"{cfg.search.algorithm}_{cfg.run_hash()}" / f"seed_{cfg.seed}"
 
 
 def layout_of(cfg: RunConfig) -> Layout:
@@ -115,6 +84,12 @@ def check_config(paths: RunPaths, cfg: RunConfig) -> bool:
         what = checkpoint.differences(saved.hashed_items(), cfg.hashed_items())
         raise RunStateError(f"{paths.config} was written by other settings ({what}); use another --runs-dir")
     return True
+
+
+def search_finished(cfg: RunConfig) -> bool:
+    """Whether the search ``cfg`` names has done every generation (its folder's config and checkpoint checked)."""
+    paths = RunPaths(run_folder(cfg))
+    return check_config(paths, cfg) and is_finished(paths, cfg, layout_of(cfg))
 
 
 def is_finished(paths: RunPaths, cfg: RunConfig, layout: Layout) -> bool:

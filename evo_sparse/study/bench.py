@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evo_sparse.execution.backends import ProcessMap
+from evo_sparse.execution.process import ProcessMap
 from evo_sparse.foundations.config import RunConfig
 from evo_sparse.foundations.devices import CPU_THREADS, cpu_cores
 from evo_sparse.models.masks import Layout, Mask, sample

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evo_sparse.foundations.config import RunConfig, final_preset
+from evo_sparse.foundations.config import RunConfig
 from evo_sparse.foundations.errors import ConfigError, RunStateError
+from evo_sparse.foundations.paths import FidelityPaths, fidelity_folder, final_folder, result_name
+from evo_sparse.foundations.presets import final_preset
 from evo_sparse.foundations.seeds import derive
 from evo_sparse.foundations.storage import SCHEMA_VERSION, append_jsonl, folder_lock, read_json, read_jsonl, write_json
 from evo_sparse.models.masks import Layout, Mask, sample
@@ -91,10 +93,8 @@ class Plan:
         return self
 
     def folder(self) -> Path:
-        from evo_sparse.study.paper import _hash  # the hash that names study and comparison folders
-
-        digest = _hash(fixed_items(self.base) | {"replicates": self.replicates})
-        return Path(self.base.runs_dir) / f"fidelity_{digest}" / f"seed_{self.base.seed}"
+        key = fixed_items(self.base) | {"replicates": self.replicates}
+        return fidelity_folder(self.base.runs_dir, key, self.base.seed)
 
     def samplings(self) -> list[str]:
         return list(dict.fromkeys(s.sampling for s in self.settings))
@@ -126,8 +126,8 @@ def execute(plan: Plan, *, log: Callable[[str], None] = print, show_progress: bo
     """Train what is missing, then write and return the report; (folder, report)."""
     from evo_sparse.execution import backends
     from evo_sparse.foundations.devices import resolve_device
+    from evo_sparse.foundations.progress import StudyProgress
     from evo_sparse.runs.run import layout_of
-    from evo_sparse.study.paper import StudyProgress
     from evo_sparse.training.data import load_splits
 
     backends.refuse_while_bootstrapping()
@@ -137,9 +137,9 @@ def execute(plan: Plan, *, log: Callable[[str], None] = print, show_progress: bo
     device = None if plan.base.backend == "ray" else resolve_device(plan.base.device)
     splits = load_splits(plan.base, log)
     progress = StudyProgress(log, enabled=show_progress, label="fidelity")
-    with folder_lock(root / "lock"):
+    with folder_lock(FidelityPaths(root).lock):
         _check_config(root, plan.base)
-        done = {(r["setting"], r["mask_index"]): r for r in read_jsonl(root / "trainings.jsonl")}
+        done = {(r["setting"], r["mask_index"]): r for r in read_jsonl(FidelityPaths(root).trainings)}
         masks = {s: masks_for(layout, plan.base, s, plan.masks) for s in plan.samplings()}
         todo, on_disk = [], []
         for setting in plan.settings:
@@ -163,14 +163,14 @@ def execute(plan: Plan, *, log: Callable[[str], None] = print, show_progress: bo
                 for j, record in pool.unordered(genomes, [i for i, _ in mine]):
                     i, work = mine[j]
                     row = {"schema": SCHEMA_VERSION, "setting": setting.key(), "mask_index": i} | record
-                    append_jsonl(root / "trainings.jsonl", [row | {"mask": masks[setting.sampling][i].encode()}])
+                    append_jsonl(FidelityPaths(root).trainings, [row | {"mask": masks[setting.sampling][i].encode()}])
                     done[(setting.key(), i)] = row
                     progress.finished(f"{setting.key()} mask {i}: {_values(record)}", work)
             finally:
                 pool.close()
         reference = _reference(plan, root, masks, device, log) if plan.reference_epochs else {}
         report = summarize(plan, done, reference)
-        write_json(root / "fidelity.json", report)
+        write_json(FidelityPaths(root).report, report)
     from evo_sparse.study.plots import fidelity as draw
 
     draw(report, root)
@@ -178,7 +178,7 @@ def execute(plan: Plan, *, log: Callable[[str], None] = print, show_progress: bo
 
 
 def _check_config(root: Path, base: RunConfig) -> None:
-    path = root / "config.json"
+    path = FidelityPaths(root).config
     if path.exists():
         saved = RunConfig.from_dict({k: v for k, v in read_json(path, "fidelity config").items() if k != "schema"})
         if fixed_items(saved) != fixed_items(base):
@@ -202,16 +202,16 @@ def _values(record: dict[str, Any]) -> str:
 
 def _reference(plan: Plan, root: Path, masks: dict[str, list[Mask]], device, log) -> dict[str, list[float | None]]:
     """Test accuracy of every mask after the preset's final recipe for ``reference_epochs`` epochs (one seed)."""
+    from evo_sparse.foundations.progress import StudyProgress
     from evo_sparse.study import final
-    from evo_sparse.study.paper import StudyProgress
 
     recipe = final_preset(plan.base.preset).updated({"epochs": plan.reference_epochs, "seeds": 1})
     jobs = []
     for sampling, ms in masks.items():
         cfg = plan.base.updated({"search.sampling": sampling})
-        folder = final.final_folder(root / "reference", recipe) / sampling
+        folder = final_folder(FidelityPaths(root).reference, recipe) / sampling
         for i, m in enumerate(ms):
-            path = folder / final.result_name("random", i, 0)
+            path = folder / result_name("random", i, 0)
             jobs.append(
                 final.Job(cfg, recipe, "random", i, 0, m.encode(), cfg.search.sparsity, NO_EARLY, path, str(root))
             )

@@ -19,33 +19,28 @@ the same batches. One JSON file per network and seed, written atomically and ski
 from __future__ import annotations
 
 import dataclasses
-import math
-import multiprocessing
 import random
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from evo_sparse.foundations.config import (
-    STEP_MILESTONES,
     FinalConfig,
     RunConfig,
     SearchConfig,
-    TrainConfig,
     train_split_size,
 )
 from evo_sparse.foundations.errors import ConfigError, RunStateError
+from evo_sparse.foundations.paths import RunPaths, dense_folder, final_folder, final_folders, result_files, result_name
 from evo_sparse.foundations.seeds import derive
 from evo_sparse.foundations.storage import SCHEMA_VERSION, read_json, write_json
 from evo_sparse.models.masks import Mask, sample
+from evo_sparse.study.final_network import heldout_replicate, lost_record, train_network
 
 KINDS = ("found", "random", "dense")
-CHUNK_IMAGES = 8192  # images augmented at a time: bounds the memory of one epoch's augmentation
 
 
 @dataclass(frozen=True)
@@ -98,24 +93,10 @@ def training_cost(cfg: RunConfig, widths: dict[str, int] | None) -> float:
 # --- folders -------------------------------------------------------------------------------------------------------
 
 
-def final_folder(root: Path, final: FinalConfig) -> Path:
-    return Path(root) / f"final_{final.final_hash()}"
-
-
-def result_name(kind: str, index: int, train_seed: int) -> str:
-    return f"{kind}_{index}_seed{train_seed}.json"
-
-
-def dense_folder(cfg: RunConfig, runs_dir: Path) -> Path:
-    """The dense parent's folder: a function of everything but the search settings (and where it runs)."""
-    net = dataclasses.replace(cfg, search=SearchConfig())
-    return Path(runs_dir) / f"dense_{net.run_hash()}" / f"seed_{cfg.seed}"
-
-
 def load_run(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
     """(config, checkpoint) of a finished run, both checked; RunStateError otherwise."""
     from evo_sparse.runs import checkpoint
-    from evo_sparse.runs.run import RunPaths, layout_of, read_config
+    from evo_sparse.runs.run import layout_of, read_config
 
     paths = RunPaths(Path(run_dir))
     if not paths.config.exists():
@@ -180,147 +161,7 @@ def check_batch_size(cfg: RunConfig, final: FinalConfig) -> None:
         raise ConfigError(f"--final-batch-size {final.batch_size} exceeds the {n:,} training images; lower it")
 
 
-# --- training ------------------------------------------------------------------------------------------------------
-
-
-def lr_at(step: int, steps: int, epochs: int, final: FinalConfig) -> float:
-    """Learning rate at ``step`` of ``steps``: linear warm-up, then the schedule (step: x gamma at 30/60/80% of the
-    epochs; cosine to 0; onecycle: linear to 0)."""
-    up = round(final.warmup * steps)
-    if step < up:
-        return final.lr * (step + 1) / up
-    if final.schedule == "step":
-        epoch = step * epochs // steps
-        return final.lr * final.gamma ** sum(epoch >= round(m * epochs) for m in STEP_MILESTONES)
-    progress = (step - up) / max(1, steps - up)
-    if final.schedule == "cosine":
-        return final.lr * 0.5 * (1 + math.cos(math.pi * progress))
-    return final.lr * max(0.0, 1 - progress)
-
-
-def epoch_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, ...]]:
-    """One epoch of augmented uint8 batches: a seeded shuffle (last partial batch dropped), cropped and flipped."""
-    from evo_sparse.training.data import augment_batch
-
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(x), generator=g).to(x.device)
-    steps = len(x) // batch_size
-    per_chunk = max(1, CHUNK_IMAGES // batch_size) * batch_size
-    for start in range(0, steps * batch_size, per_chunk):
-        idx = order[start : min(start + per_chunk, steps * batch_size)]
-        xs, ys = augment_batch(x[idx], g), y[idx]
-        for i in range(0, len(idx), batch_size):
-            yield xs[i : i + batch_size], ys[i : i + batch_size]
-
-
-def heldout_replicate(cfg: RunConfig) -> int:
-    """The replicate a run's search never trained under: it used replicates 0 .. R - 1 (``--replicates R``)."""
-    return cfg.train.replicates
-
-
-def heldout_evaluator(cfg: RunConfig, splits, device: torch.device | str = "cpu"):
-    """An ``Evaluator`` of ``cfg``'s fitness under only its held-out replicate (``heldout_replicate``)."""
-    from evo_sparse.training.fitness import Evaluator
-
-    return Evaluator(cfg, splits, device, replicates=[heldout_replicate(cfg)])
-
-
-def _fitness(record: dict[str, Any]) -> float | None:
-    return record.get("fitness") if record.get("status") == "ok" else None
-
-
-def train_network(job: Job, evaluator, splits, heldout=None) -> dict[str, Any]:
-    """Fully train ``job``'s network; its record (``status`` failed with a ``reason`` if the loss diverged).
-
-    ``early_fitness`` is the search's record (found masks) or ``evaluator``'s measure; ``early_fitness_heldout`` is
-    ``heldout``'s (default: ``heldout_evaluator`` of the job's config), None where that brief training failed.
-    """
-    from evo_sparse.training.data import normalize
-    from evo_sparse.training.trainer import evaluate, make_optimizer
-
-    start = time.perf_counter()
-    f, cfg = job.final, job.cfg
-    mask = Mask.decode(evaluator.layout, job.mask)
-    early = job.early or evaluator.evaluate_mask(mask)
-    if heldout is None:
-        heldout = heldout_evaluator(cfg, splits, evaluator.device)
-    early_heldout = heldout.evaluate_mask(mask)
-    params, macs = evaluator.arch.cost(mask.widths())
-    record: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "kind": job.kind,
-        "index": job.index,
-        "seed": cfg.seed,
-        "train_seed": job.train_seed,
-        "sparsity": job.sparsity,
-        "node_sparsity": mask.sparsity,
-        "algorithm": None if job.kind == "dense" else cfg.search.algorithm,
-        "params": params,
-        "flops": macs,  # multiply-accumulates per 32x32 image, the pruning literature's "FLOPs"
-        "early_fitness": _fitness(early),
-        "early_from": "search" if job.early else "evaluator",
-        "early_fitness_heldout": _fitness(early_heldout),  # a replicate the search never saw: no winner's curse
-        "early_heldout_replicate": heldout_replicate(cfg),
-        "epochs": f.epochs,
-        "recipe": f.final_hash(),
-        "mask": job.mask,
-        "source": job.source,
-        "device": str(evaluator.device),
-    }
-    device = evaluator.device
-    steps_per_epoch = len(splits.train_x) // f.batch_size
-    steps = steps_per_epoch * f.epochs
-    curves: dict[str, list[float]] = {"val_acc": [], "val_loss": [], "train_loss": [], "epoch_seconds": []}
-    opt_cfg = TrainConfig(lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(derive(cfg.seed, f"final-train:{job.train_seed}"))
-        model = evaluator.build(mask)
-        opt = make_optimizer(model, opt_cfg)
-        for epoch in range(f.epochs):
-            t0, step0 = time.perf_counter(), epoch * steps_per_epoch
-            total = torch.zeros((), device=device)
-            model.train()
-            batches = epoch_batches(
-                splits.train_x, splits.train_y, f.batch_size, derive(cfg.seed, f"final-data:{job.train_seed}:{epoch}")
-            )
-            for i, (x, y) in enumerate(batches):
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step0 + i, steps, f.epochs, f)
-                loss = F.cross_entropy(model(normalize(x)), y, label_smoothing=f.label_smoothing)
-                if not torch.isfinite(loss):
-                    return record | _finish(curves, start, status="failed", reason=f"loss became {loss.item()}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.detach()
-            acc, val_loss = evaluate(model, splits.val_x, splits.val_y, f.eval_batch_size)
-            curves["val_acc"].append(acc)
-            curves["val_loss"].append(val_loss)
-            curves["train_loss"].append(float(total) / steps_per_epoch)
-            curves["epoch_seconds"].append(time.perf_counter() - t0)
-        test_acc, test_loss = evaluate(model, splits.test_x, splits.test_y, f.eval_batch_size)
-    if not math.isfinite(test_loss) or not all(map(math.isfinite, curves["val_loss"])):
-        return record | _finish(curves, start, status="failed", reason="validation or test loss is not finite")
-    return record | _finish(curves, start, test_acc=test_acc, test_loss=test_loss, images=steps * f.batch_size)
-
-
-def _finish(curves, start, *, status="ok", reason=None, test_acc=None, test_loss=None, images=None) -> dict[str, Any]:
-    acc = curves["val_acc"]
-    return curves | {
-        "status": status,
-        "reason": reason,
-        "final_val_acc": acc[-1] if acc else None,
-        "best_val_acc": max(acc) if acc else None,
-        "final_test_acc": test_acc,
-        "test_loss": test_loss,
-        "train_images": images,
-        "seconds": time.perf_counter() - start,
-        "val_loss": [v if math.isfinite(v) else None for v in curves["val_loss"]],
-        "train_loss": [v if math.isfinite(v) else None for v in curves["train_loss"]],
-    }
-
-
-# --- executing jobs: in this process, or over spawned CPU workers ---------------------------------------------------
+# --- executing jobs: on the search's backends (this process, worker processes or Ray) -----------------------------
 
 _cache: dict[str, Any] = {}
 
@@ -358,14 +199,38 @@ def _work(job: Job, device: str = "cpu") -> dict[str, Any]:
     return train_network(job, evaluator, splits, heldout)
 
 
-def _work_indexed(item: tuple[int, Job]) -> tuple[int, dict[str, Any]]:
-    return item[0], _work(item[1])
+def _train(device: str, jobs: list[Job], attempt: int | None) -> list[dict[str, Any]]:
+    """A task of the backends (``training_work``): train ``jobs`` (a pack of one) on ``device``. In a worker
+    (``attempt`` not None), ``EVO_SPARSE_FAULT``'s crash= and hang= (a test hook) act first, choosing by (run seed,
+    mask) as they do for the search's evaluations."""
+    from evo_sparse.foundations import faults
+
+    if attempt is not None and faults.spec():
+        for job in jobs:
+            faults.crash_worker(job.cfg.seed, job.mask, attempt)
+    return [_work(job, device) for job in jobs]
 
 
-def _init_worker() -> None:
+def _init_worker(device: str) -> None:
+    """A worker's start: ``CPU_THREADS`` intra-op threads, so a result does not depend on the number of workers."""
     from evo_sparse.foundations.devices import CPU_THREADS
 
     torch.set_num_threads(CPU_THREADS)
+
+
+def training_work():
+    """Final training as the backends' ``Work``: a task is one job, run by ``_train`` in a worker that
+    ``_init_worker`` started; a job whose worker died at every attempt gets ``lost_record``'s record. The automatic
+    hung-worker limit scales with each job's ``work``: a dense network trains ~10x slower than one at 0.9 sparsity."""
+    from evo_sparse.execution.work import Work
+
+    return Work(
+        call=f"{__name__}:_train",
+        warm=f"{__name__}:_init_worker",
+        lost=lost_record,
+        cost=lambda job: job.work,
+        noun="final training",
+    )
 
 
 def pending(jobs: list[Job]) -> list[Job]:
@@ -376,17 +241,27 @@ def pending(jobs: list[Job]) -> list[Job]:
 def execute(
     jobs: list[Job],
     *,
-    device: str = "auto",
-    workers: int = 0,
+    where: RunConfig | None = None,
+    device: str | None = None,
+    workers: int | None = None,
     on_done: Callable[[Job, dict[str, Any]], None] = lambda job, record: None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
     """Train every job whose file is missing, writing each as it finishes; return every job's record, in job order.
 
-    On the CPU, ``workers`` spawned processes (0 = one per core, 1 = this process) train one network each at a time,
-    with one thread each, so a result does not depend on the worker count.
+    The trainings run on the search's backends (``execution.backends.plan``) as ``where``'s settings say (default:
+    the first job's config; ``device`` and ``workers`` replace its own when given): in this process (``auto`` with
+    one worker), in spawned worker processes, one training each at a time (on the CPU with ``CPU_THREADS`` threads
+    each, so a result does not depend on the worker count), or as Ray tasks (whose workers load the data from their
+    own cache). A worker that dies, or hangs past the automatic limit (ten times the slowest training so far per unit
+    of ``Job.work``, at least a minute; ``--eval-timeout`` is for the search's brief evaluations), costs a retry
+    (``--max-retries``); a job whose worker died at every attempt gets a failed record, written like any other, and
+    the others go on. Ctrl-C or SIGTERM stops the workers; what finished is on disk and a rerun trains the rest.
     """
-    from evo_sparse.foundations.devices import cpu_cores, resolve_device
+    from evo_sparse.execution import backends
+    from evo_sparse.foundations.devices import resolve_device
 
+    backends.refuse_while_bootstrapping()
     todo = pending(jobs)
     for job in {j.path.parent: j for j in todo}.values():  # one job per results folder
         if not (job.path.parent / "final.json").exists():
@@ -394,17 +269,18 @@ def execute(
         if job.kind == "dense" and not (job.path.parent.parent / "config.json").exists():
             write_json(job.path.parent.parent / "config.json", {"schema": SCHEMA_VERSION, **job.cfg.to_dict()})
     if todo:
-        dev = resolve_device(device)
-        n = (workers or cpu_cores()) if dev.type == "cpu" else 1
-        n = min(n, len(todo))
-        if n <= 1:
-            for job in todo:
-                _record(job, _work(job, str(dev)), on_done)
-        else:
-            ctx = multiprocessing.get_context("spawn")  # never fork: CUDA and OpenMP state is not inherited
-            with ctx.Pool(n, initializer=_init_worker) as pool:
-                for i, record in pool.imap_unordered(_work_indexed, enumerate(todo), chunksize=1):
-                    _record(todo[i], record, on_done)
+        given = {"device": device, "workers": workers, "eval_timeout": 0.0}  # 0: the automatic limit, by work
+        cfg = (where or jobs[0].cfg).updated({k: v for k, v in given.items() if v is not None})
+        dev = None if cfg.backend == "ray" else resolve_device(cfg.device)
+        plan = backends.plan(cfg, dev)
+        if plan.workers > len(todo):  # no idle workers: as many as there are trainings
+            plan = backends.plan(cfg.updated({"workers": len(todo)}), dev)
+        pool = backends.start(plan, cfg, None, log, work=training_work())
+        try:
+            for i, record in pool.unordered(todo):
+                _record(todo[i], record, on_done)
+        finally:
+            pool.close()
     return [read_json(j.path, "final training result") for j in jobs]
 
 
@@ -415,14 +291,14 @@ def _record(job: Job, record: dict[str, Any], on_done) -> None:
 
 def read_results(folder: str | Path) -> list[dict[str, Any]]:
     """Every network record in a ``final_<hash>`` folder, in file-name order."""
-    paths = sorted(p for p in Path(folder).glob("*_seed*.json"))
+    paths = result_files(Path(folder))
     return [read_json(p, "final training result") for p in paths]
 
 
 def run_results(run_dir: str | Path) -> list[dict[str, Any]]:
     """Records of a run's final training and of its dense parent; RunStateError when it holds several recipes."""
     root = Path(run_dir)
-    folders = sorted(p for p in root.glob("final_*") if p.is_dir())
+    folders = final_folders(root)
     if len(folders) > 1:
         names = ", ".join(p.name for p in folders)
         raise RunStateError(f"{root} holds several final trainings ({names}); give one of those folders instead")

@@ -29,6 +29,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from evo_sparse.foundations.errors import EvoSparseError
+from evo_sparse.foundations.paths import (
+    COMPARISON,
+    FIDELITY,
+    RECIPE,
+    RESULTS,
+    STUDY,
+    RunPaths,
+    final_folders,
+    is_dense_folder,
+)
 from evo_sparse.foundations.storage import read_json, write_json
 from evo_sparse.stats import analysis
 
@@ -45,8 +55,6 @@ EARLY_LABELS = {
     "search": "early fitness, as the search measured it",
 }
 COLORS = {"found": "tab:red", "random": "tab:blue", "dense": "black", "weedout": "tab:blue", "ga": "tab:orange"}
-RESULTS, STUDY, COMPARISON, RECIPE = "results.json", "study.json", "comparison.json", "final.json"
-FIDELITY = "fidelity.json"
 
 
 @dataclass
@@ -81,11 +89,11 @@ def load(folders: list[str | Path]) -> Material:
             m.fidelity.append((str(folder), read_json(folder / FIDELITY, "fidelity report")))
         elif (folder / RECIPE).exists():
             m.rows += final.read_results(folder)
-        elif (folder / "checkpoint.json").exists():
+        elif RunPaths.holds_run(folder):
             m.runs.append(run.summarize(folder))
             m.rows += final.run_results(folder)
-        elif folder.name.startswith("seed_") and folder.parent.name.startswith("dense_"):
-            m.rows += [r for f in sorted(folder.glob("final_*")) for r in final.read_results(f)]
+        elif is_dense_folder(folder):
+            m.rows += [r for f in final_folders(folder) for r in final.read_results(f)]
         else:
             raise EvoSparseError(
                 f"{folder} is not a study, comparison, fidelity, run or final-training folder; give a folder that "

@@ -25,14 +25,16 @@ from evo_sparse.models.masks import Mask
 from evo_sparse.models.registry import Architecture
 from evo_sparse.training.data import normalize
 from evo_sparse.training.records import fitness_record
+from evo_sparse.training.schedules import Recipe
 from evo_sparse.training.trainer import (
-    CHECK_EVERY,
     BatchStream,
     autocast,
     forward_of,
     make_optimizer,
+    nonfinite_reason,
     prepare,
-    scheduled_batches,
+    synchronize,
+    train_steps,
 )
 
 
@@ -85,35 +87,29 @@ def train_population(model: nn.Module, stream: BatchStream, cfg: TrainConfig) ->
     model = _prepare(model, device)
     opt = make_optimizer(model, cfg)
     forward = forward_of(model, cfg)
-    check_every = CHECK_EVERY.get(device.type, 1)
     steps, p = len(stream.x), model.population
     tail = max(1, steps // 4)
     tail_loss = torch.zeros(p, device=device)  # float32, as in train.train
-    alive = torch.ones(p, dtype=torch.bool, device=device)
-    finite = torch.ones(p, dtype=torch.bool, device=device)
     reasons: list[str | None] = [None] * p
-    model.train()
     start = time.perf_counter()
-    for step, x, y in scheduled_batches(stream, opt, cfg, device):
-        with autocast(device):
-            losses = member_losses(forward(x), y, cfg.label_smoothing)
-        finite &= torch.isfinite(losses)
-        dead: list[int] = []
-        if ((step + 1) % check_every == 0 or step == steps - 1) and not bool((finite | ~alive).all()):
-            dead = (alive & ~finite).nonzero().flatten().tolist()
-            for i in dead:
-                last = losses[i].item()
-                reasons[i] = f"loss became non-finite by step {step + 1} of {steps} (last {last})"
-            alive &= finite
-        opt.zero_grad(set_to_none=True)
-        torch.where(alive, losses, 0.0).sum().backward()  # the failed add nothing and get zero gradients
-        for i in dead:  # their NaNs never left their own channels; zero them so none stays
-            model.silence(i, opt)
-        opt.step()
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return member_losses(forward(x), y, cfg.label_smoothing)
+
+    def on_nonfinite(step: int, losses: torch.Tensor, failed: torch.Tensor) -> None:
+        for i in failed.nonzero().flatten().tolist():
+            reasons[i] = nonfinite_reason(step, steps, losses[i].item())
+            model.silence(i, opt)  # its NaNs never left its own channels; zero them so none stays
+
+    batches = zip(stream.x, stream.y)
+    recipe = Recipe.brief(cfg)
+    run = train_steps(
+        model, opt, batches, recipe, losses=loss_of, span=range(steps), steps=steps, on_nonfinite=on_nonfinite
+    )
+    for step, losses in run:
         if step >= steps - tail:
-            tail_loss += torch.where(alive, losses.detach(), 0.0)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+            tail_loss += losses
+    synchronize(device)
     seconds = (time.perf_counter() - start) / p
     images = steps * stream.x.shape[1]
     return [MemberResult(None if r else float(tail_loss[i]) / tail, images, seconds, r) for i, r in enumerate(reasons)]
