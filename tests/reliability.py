@@ -61,6 +61,18 @@ def command() -> list[str]:
     return [sys.executable, "-c", "from evo_sparse.cli import main; main()"]
 
 
+def as_a_terminal_job() -> None:
+    """In the child, before it starts: SIGINT and SIGTERM at their defaults, as for a job started from a terminal.
+
+    A shell starts a background job of a script with SIGINT ignored, and a program keeps a signal its parent ignored
+    ignored (Python too: it installs its Ctrl-C handler only where SIGINT is not ignored). A test suite started that
+    way, as CI harnesses do, passed that on to the run it started, which then never saw the test's Ctrl-C and finished
+    with exit 0: the "lost Ctrl-C". ``timeout`` resets SIGINT for its command, which is why it was never seen under it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def environment(fault: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != faults.ENV}
     if fault:
@@ -196,6 +208,7 @@ def cycle(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: a Ctrl-C for it alone
+        preexec_fn=as_a_terminal_job,
     )
     said, kids, how = None, [], "finished" if fault is None else f"fault {fault}"
     deadline = time.monotonic() + timeout
