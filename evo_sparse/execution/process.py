@@ -162,6 +162,13 @@ def eval_limit(setting: float, slowest: float | None, cost: float = 1.0) -> floa
     return None if slowest is None else max(EVAL_TIMEOUT_FLOOR, EVAL_TIMEOUT_FACTOR * slowest * cost)
 
 
+# How worker processes start: spawn, chosen by measurement and tests (benchmarks/start_methods.py). Under forkserver a
+# worker's parent is the fork server, not the run, so it cannot die with the run (``_die_with_parent``: its workers
+# exited at once there); preloading the main module into the fork server re-runs an unguarded script inside it, and
+# without that preload a network a script registers never reaches the workers.
+START_METHOD = "spawn"
+
+
 class ProcessMap(Map):
     """``toolbox.map`` over spawned worker processes, one task (a pack) at a time each, results in input order.
 
@@ -192,7 +199,7 @@ class ProcessMap(Map):
         self.log = log
         self.restarts = 0  # workers replaced after dying
         self.slowest: float | None = None  # seconds per unit of cost of the slowest task so far (``eval_limit``)
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx = multiprocessing.get_context(START_METHOD)
         self._slots = [_Worker(self._ctx, self.work.remote, d) for d in self.devices]
 
     def pids(self) -> list[int]:

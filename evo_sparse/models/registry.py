@@ -118,8 +118,8 @@ class Architecture:
                 macs += module.in_features * module.out_features
 
         hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        with torch.no_grad():
-            model(torch.empty(1, *INPUT_SHAPE, device="meta"))
+        with torch.no_grad():  # in eval mode: BatchNorm refuses one image on a 1x1 map in training mode
+            model.eval()(torch.empty(1, *INPUT_SHAPE, device="meta"))
         for h in hooks:
             h.remove()
         return params, macs
