@@ -19,6 +19,7 @@ from evo_sparse.foundations.devices import cpu_cores
 from evo_sparse.foundations.errors import ConfigError
 
 RAY_MISSING = "--backend ray needs Ray, an optional extra not installed here: pip install 'evo-sparse[ray]'"
+AUTH_MARKS = ("InvalidAuthToken", "AuthenticationError")  # in the text of Ray's wrapped auth failures
 
 
 def _ray_task(remote: tuple, items: list[Any], attempt: int) -> list[Any]:
@@ -38,6 +39,40 @@ def evaluate_from_store(cfg_dict, box: list, device: str, genomes: list[list[int
     return evaluate_genomes(cfg_dict, device, genomes, attempt, splits=lambda: ray.get(box[0]))
 
 
+def _refused_authentication(exc: BaseException, ray) -> bool:
+    """Whether ``ray.init(address=...)`` failed on Ray's token authentication (Ray 2.60 turns it on for a cluster
+    whose head found a token). Ray raises its ``AuthenticationError`` itself when this process has token mode and no
+    token, but a token the cluster refuses (or none sent: RAY_AUTH_MODE not ``token`` here) comes, after ~20 s of
+    retries, as ``ConnectionError: Failed to connect to Ray cluster at ...`` whose cause, a RuntimeError, quotes
+    ``ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: ...`` in its text."""
+    refused = getattr(ray.exceptions, "AuthenticationError", ())  # absent before token auth existed
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, refused) or any(mark in str(cause) for mark in AUTH_MARKS):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _authentication_help(address: str) -> str:
+    """The one line for a cluster that refused this driver's token: what to set, by what this process has."""
+    mode = os.environ.get("RAY_AUTH_MODE", "").lower()
+    where = "~/.ray/auth_token, $RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN"
+    if mode != "token":
+        what = (
+            f"RAY_AUTH_MODE is {mode or 'unset'} here; set RAY_AUTH_MODE=token in this environment, as on every "
+            f"node, with the cluster's token (`ray get-auth-token` on the head prints it) in {where}"
+        )
+    else:
+        what = (
+            "RAY_AUTH_MODE=token is set here, but this environment's token is missing or not the cluster's; put "
+            f"the head's token (`ray get-auth-token` there prints it) in {where}"
+        )
+    return f"{address}: the Ray cluster refused this driver's authentication (Ray token auth): {what}"
+
+
 class RayMap(Map):
     """``toolbox.map`` over Ray tasks, results in input order.
 
@@ -49,6 +84,7 @@ class RayMap(Map):
     lost is submitted again (Ray places it where there is room), at most ``cfg.max_retries`` times, then its items get
     ``work.lost`` results; Ray's own task retries are off, so that each is recorded. CPU workers keep their evaluator
     between tasks; a GPU task builds it again in a fresh worker (seconds).
+    ConfigError (one line) when Ray cannot start or connect; a cluster that refuses this driver's token says so.
     """
 
     def __init__(
@@ -76,7 +112,10 @@ class RayMap(Map):
                     include_dashboard=False,
                     logging_level=logging.WARNING,
                 )
-            except Exception as exc:  # no cluster at that address, or Ray cannot start here
+            except Exception as exc:  # no cluster at that address, its token refused, or Ray cannot start here
+                if not local and _refused_authentication(exc, ray):
+                    given = f"--address {cfg.address}" if cfg.address else f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+                    raise ConfigError(_authentication_help(given)) from None
                 where = (
                     "start a local Ray instance"
                     if local
