@@ -150,3 +150,11 @@ def test_plot_refuses_a_folder_it_cannot_read(tmp_path):
     assert result.stderr.startswith("evo-sparse: error:") and "not a study" in result.stderr
     result = CliRunner().invoke(cli, ["plot", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_error_bars_are_never_negative_when_an_estimate_lies_a_rounding_step_outside_its_interval():
+    from evo_sparse.study.plots import _bars
+
+    below, above = _bars([-0.9999999999999999, 0.5], [[-1.0, -1.0], [0.25, 0.75]])
+    assert min(below + above) >= 0.0  # matplotlib refuses a negative error bar
+    assert above[0] == 0.0 and below[1] == above[1] == 0.25

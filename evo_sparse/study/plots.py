@@ -344,7 +344,7 @@ def fidelity(report: dict[str, Any], out: Path, *, source: str | None = None) ->
         style = {"color": f"C{n}", "marker": "o" if sampling == "global" else "s", "capsize": 3}
         label = f"{sampling}, lr {lr:g}"
         icc = [e["icc"] for e in es]
-        err = [[v - e["icc_ci"][0] for v, e in zip(icc, es)], [e["icc_ci"][1] - v for v, e in zip(icc, es)]]
+        err = _bars(icc, [e["icc_ci"] for e in es])
         axes[0].errorbar(x, icc, yerr=err, label=label, **style)
         mean_rel = [max(0.0, e["reliability_of_mean"] or 0.0) for e in es]
         axes[0].plot(x, mean_rel, color=style["color"], ls="--", alpha=0.5)
@@ -356,7 +356,7 @@ def fidelity(report: dict[str, Any], out: Path, *, source: str | None = None) ->
             ]
             taus = [r["kendall_tau"] for _, r in ok]
             cis = [r["kendall_tau_ci"] or [t, t] for (_, r), t in zip(ok, taus)]
-            err = [[t - c[0] for t, c in zip(taus, cis)], [c[1] - t for t, c in zip(taus, cis)]]
+            err = _bars(taus, cis)
             axes[1].errorbar([xi for xi, _ in ok], taus, yerr=err, label=label, **style)
     r, m = report["replicates"], report["masks"]
     for ax in axes:
@@ -377,3 +377,9 @@ def fidelity(report: dict[str, Any], out: Path, *, source: str | None = None) ->
     data = [{k: e.get(k) for k in ("key", "sampling", "train_images", "lr", "icc", "icc_ci", "reliability_of_mean",
                                    "seconds_per_training", "reference")} for e in entries]  # fmt: skip
     return _save(fig, Path(out), "fidelity_reliability", [source or str(out)], data)
+
+
+def _bars(values: list[float], cis: list) -> list[list[float]]:
+    """Error bars (below, above) from 95% intervals; never negative, as a point estimate may lie a rounding step
+    outside its bootstrap interval (a Kendall tau of -0.9999999999999999 with the interval [-1, -1])."""
+    return [[max(0.0, v - c[0]) for v, c in zip(values, cis)], [max(0.0, c[1] - v) for v, c in zip(values, cis)]]
