@@ -324,3 +324,21 @@ def test_the_fault_hooks_are_off_unless_asked(monkeypatch):
     monkeypatch.setenv(faults.ENV, "fail=1, kill-mid-journal=3")
     assert faults.spec() == {"fail": "1", "kill-mid-journal": "3"}
     assert os.environ[faults.ENV] and faults.fitness_fault(0, "m1:abc:def") == "fail"
+
+
+def test_sigterm_stops_a_run_on_ray_and_it_resumes(tmp_path):
+    """The same on the Ray backend: a run that starts its own local Ray cluster is stopped by SIGTERM to its process
+    group (Ray's processes included, as a scheduler signals the whole job), says so in one line with exit 143, leaves
+    no process behind, and the same command resumes to the uninterrupted result."""
+    pytest.importorskip("ray")
+    options = {"runs_dir": tmp_path / "runs", "generations": 8, "backend": "ray", "workers": 2}
+    stopped = R.cycle(options, after_rows=1, delay=0.5, terminate=True)
+    assert stopped.returncode == R.EXIT_TERMINATED and stopped.orphans == [], stopped.stderr[-2000:]
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        "evo-sparse: terminated (SIGTERM); finished evaluations are saved, run the same command to resume"
+    )
+    assert "Traceback" not in stopped.stderr and not stopped.leftovers and stopped.rows_after > stopped.rows_before
+    finished = R.cycle(options)  # the same command, to the end
+    assert finished.returncode == 0 and finished.orphans == [], finished.stderr[-2000:]
+    check = R.check_run(options, [stopped, finished], tmp_path)
+    assert check.ok, (check.problems, finished.stderr[-500:])

@@ -13,7 +13,9 @@ import sys
 
 import click
 
+from evo_sparse.cli.settings_file import config_options
 from evo_sparse.foundations.config import ALGORITHMS, BACKENDS, CROSSOVERS, DATASETS, SAMPLINGS, RunConfig, field_help
+from evo_sparse.foundations.config_files import ConfigFile
 from evo_sparse.foundations.errors import ConfigError, EvoSparseError, Terminated
 from evo_sparse.foundations.presets import PRESETS, preset
 from evo_sparse.models.registry import architecture
@@ -65,6 +67,8 @@ class OneLineErrors(click.Group):
     Slurm, Kubernetes or ``timeout`` stop a job: the same, exit 143; a second SIGTERM stops at once)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        global _STOPPED_BY_SIGTERM
+        _STOPPED_BY_SIGTERM = False
         try:
             previous = signal.signal(signal.SIGTERM, _terminate)
         except ValueError:  # not the main thread (an embedding program): its own signal handling stays
@@ -78,7 +82,7 @@ class OneLineErrors(click.Group):
         except EvoSparseError as exc:
             _fail(str(exc))
         except (KeyboardInterrupt, click.exceptions.Abort) as exc:  # click turns KeyboardInterrupt into Abort
-            if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated):
+            if _STOPPED_BY_SIGTERM or isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated):
                 what, code = "terminated (SIGTERM)", 128 + signal.SIGTERM
             else:
                 what, code = "interrupted", 130
@@ -89,8 +93,13 @@ class OneLineErrors(click.Group):
                 signal.signal(signal.SIGTERM, previous)
 
 
+_STOPPED_BY_SIGTERM = False  # set by the handler: a library may catch the Terminated and raise its own interrupt (Ray)
+
+
 def _terminate(signum, frame) -> None:
     """The first SIGTERM unwinds like Ctrl-C (workers stopped, files closed); a second one ends the process at once."""
+    global _STOPPED_BY_SIGTERM
+    _STOPPED_BY_SIGTERM = True
     signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
     raise Terminated()
 
@@ -110,10 +119,13 @@ def default_preset() -> str:
     return "paper" if torch.cuda.is_available() else "cpu"
 
 
-def build_config(preset_name: str | None, options: dict) -> RunConfig:
-    """The preset's config with every given option applied, validated."""
-    name = preset_name or default_preset()
+def build_config(preset_name: str | None, options: dict, file: ConfigFile | None = None) -> RunConfig:
+    """The preset's config, then the settings of ``file`` (``--config``), then every option given; validated. The
+    preset is ``--preset``, else the file's, else the default."""
+    name = preset_name or (file.preset if file else None) or default_preset()
     cfg = preset(name)
+    if file is not None:
+        cfg = file.run_config(cfg)
     given = {RUN_OPTIONS[k.replace("_", "-")][0]: v for k, v in options.items() if v is not None}
     if given.get("data.path") and (given.get("data.dataset") or cfg.data.dataset) == "synthetic":
         raise ConfigError(f"--data has no effect with synthetic data (preset {name}); add --dataset cifar10 or drop it")
@@ -133,8 +145,10 @@ def _run_option(name: str, key: str, kind: click.ParamType):
 
 
 def run_options(fn):
+    """``--preset``, ``--config``, ``--print-config`` and RUN_OPTIONS as click options."""
     for name, (key, kind) in reversed(RUN_OPTIONS.items()):
         fn = _run_option(name, key, kind)(fn)
+    fn = config_options(fn)
     return click.option(
         "--preset",
         type=click.Choice(list(PRESETS)),
@@ -178,21 +192,27 @@ def final_options(fn=None, *, seeds_option: str = "final-seeds"):
     return fn
 
 
-def build_final(preset_name: str, options: dict):
-    """The preset's full-training recipe with every given FINAL_OPTIONS value applied, validated."""
+def build_final(preset_name: str, options: dict, file: ConfigFile | None = None):
+    """The preset's full-training recipe, then the ``[final]`` table of ``file``, then every given FINAL_OPTIONS
+    value; validated."""
     from evo_sparse.foundations.presets import final_preset
 
     given = {FINAL_OPTIONS[k.replace("_", "-")]: v for k, v in options.items() if v is not None}
-    return final_preset(preset_name).updated(given).validate()
+    recipe = final_preset(preset_name)
+    if file is not None:
+        recipe = file.final_config(recipe)
+    return recipe.updated(given).validate()
 
 
 def some_run_options(*excluded: str):
-    """``run``'s options (and ``--preset``) except ``excluded``, for commands that set those themselves."""
+    """``run``'s options (and ``--preset``, ``--config``, ``--print-config``) except ``excluded``, for commands that
+    set those themselves."""
 
     def decorate(fn):
         for name, (key, kind) in reversed(RUN_OPTIONS.items()):
             if name not in excluded:
                 fn = _run_option(name, key, kind)(fn)
+        fn = config_options(fn)
         help_text = "named settings (default: paper with CUDA, else cpu)"
         return click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help=help_text)(fn)
 

@@ -7,6 +7,8 @@ import collections
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -105,6 +107,7 @@ class RayMap(Map):
         self.started = not ray.is_initialized()
         if self.started:
             local = not (cfg.address or os.environ.get("RAY_ADDRESS"))
+            on_sigterm = _python_handler(signal.SIGTERM)
             try:
                 ray.init(
                     address=cfg.address,
@@ -125,6 +128,11 @@ class RayMap(Map):
                 raise ConfigError(
                     f"--backend ray: cannot {where} ({type(exc).__name__}: {reason}); check --address"
                 ) from None
+            finally:
+                # Ray's core puts its own SIGTERM handler in the driver, which aborts the process (exit -6): give the
+                # run's back, so a scheduler's SIGTERM stops a Ray run as it stops any other (one line, exit 143)
+                if on_sigterm is not None:
+                    signal.signal(signal.SIGTERM, on_sigterm)
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0)
         if cfg.device.startswith("cuda") and not gpus:
@@ -185,3 +193,12 @@ class RayMap(Map):
             for ref in running:  # abandoned (Ctrl-C, an error)
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
+
+
+def _python_handler(signum: int):
+    """This process's Python handler of ``signum``, or None when there is none to give back (not the main thread, or
+    the default or ignored disposition, which Ray leaves as it finds them)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    handler = signal.getsignal(signum)
+    return handler if callable(handler) else None
