@@ -227,6 +227,6 @@ def test_every_field_has_help():
     d = RunConfig().to_dict()
     keys = [k for k, v in d.items() if not isinstance(v, dict)]
     keys += [f"{group}.{name}" for group, v in d.items() if isinstance(v, dict) for name in v]
-    assert len(keys) == 10 + 5 + 3 + 12 + 12  # run, data, model, train, search
+    assert len(keys) == 11 + 5 + 3 + 12 + 12  # run, data, model, train, search
     for key in keys:
         assert config.field_help(key).strip(), key

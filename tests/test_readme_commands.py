@@ -2,7 +2,9 @@
 
 What counts as a command (the rule):
 
-- every line of a fenced block that is not ```python (those run as written in tests/test_scripts.py), once ``\\``
+- every line of a fenced block that is not ```python (those run as written in tests/test_scripts.py) or ```toml (a
+  file: its first line, ``# NAME.toml: ...``, names it, and it is written into the working directory before any
+  command runs; ``test_readme_files_are_valid_settings`` reads each), once ``\\``
   continuations are joined and ``# comments`` dropped; ``&&`` separates commands on one line, and a ``NAME="..."``
   line is a shell variable, expanded into the ``$NAME`` of the lines after it in its block;
 - every inline code span that is a whole ``evo-sparse <command> <arguments>`` (at least one argument, no ``...``),
@@ -53,10 +55,16 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from evo_sparse.cli import build_config, cli
+from evo_sparse.cli import RUN_OPTIONS, build_config, cli
+from evo_sparse.foundations.config_files import read_config_file
 from evo_sparse.runs.run import summarize
 from evo_sparse.stats.measurement import noise_line
 from evo_sparse.study.final import run_results
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser as a package
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -146,12 +154,26 @@ class Block:
 
 
 def fenced_blocks() -> list[Block]:
-    """Fenced blocks of the README, but the ```python ones, with the line their first line is on."""
+    """Fenced blocks of the README, but the ```python ones and the files (``FILE_LANGUAGES``), with the line their
+    first line is on."""
     found = []
     for m in re.finditer(r"^```(\w*)\n(.*?)^```", README, re.S | re.M):
-        if m.group(1) != "python":
+        if m.group(1) != "python" and m.group(1) not in FILE_LANGUAGES:
             found.append(Block(README.count("\n", 0, m.start()) + 2, tuple(m.group(2).splitlines())))
     return found
+
+
+FILE_LANGUAGES = ("toml",)  # fenced blocks that are files for the commands (``--config exp.toml``), not commands
+
+
+def readme_files() -> dict[str, str]:
+    """The README's file blocks: ``{name: text}``, the name from the first line ``# NAME: ...``."""
+    files = {}
+    for m in re.finditer(rf"^```(?:{'|'.join(FILE_LANGUAGES)})\n(.*?)^```", README, re.S | re.M):
+        name = re.match(r"# ([\w.-]+)", m.group(1))
+        assert name, f"README: a file block must start with '# NAME: ...', not {m.group(1).splitlines()[0]!r}"
+        files[name.group(1).rstrip(":")] = m.group(1)
+    return files
 
 
 def _is_variable(segment: str) -> bool:
@@ -333,14 +355,17 @@ class Session:
             if not (self.cwd / path).exists() and (ROOT / path).is_dir():
                 shutil.copytree(ROOT / path, self.cwd / path)
         result = self.invoke(args)
-        if result.exit_code == 0 and result.stdout.strip():
+        if result.exit_code == 0 and result.stdout.strip() and "--print-config" not in args:  # TOML, not a folder
             self.printed.append((args[0], result.stdout.strip().splitlines()[-1]))
         return Outcome(args, result)
 
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory) -> Session:
-    return Session(tmp_path_factory.mktemp("readme"))
+    cwd = tmp_path_factory.mktemp("readme")
+    for name, text in readme_files().items():
+        (cwd / name).write_text(text)
+    return Session(cwd)
 
 
 # --- what each command must leave ---------------------------------------------------------------------------------
@@ -355,9 +380,26 @@ def _folder(session: Session, result: Result, *files: str) -> Path:
 
 
 def _check_run(session, args, result):
+    if "--print-config" in args:  # the settings as TOML, the options given over the file over the preset; no run
+        options = split_args(("evo-sparse", *args))[2]
+        printed = tomllib.loads(result.stdout)
+        assert printed["preset"] == options["--preset"], result.stdout
+        assert printed["search"]["generations"] == int(options["--generations"]), result.stdout
+        return
     summary = summarize(_folder(session, result, "config.json", "evaluations.jsonl", "checkpoint.json"))
     assert summary["finished"] and summary["failed_evaluations"] == 0
     assert summary["generations_done"] == int(split_args(("evo-sparse", *args))[2]["--generations"])
+
+
+def _check_list(session, args, result):
+    """One line per folder under a header; every run folder printed before is on it, and none is damaged."""
+    header, *lines = result.stdout.strip().splitlines()
+    assert header.split()[:3] == ["KIND", "FOLDER", "STATUS"] and lines, result.stdout
+    runs_dir = (split_args(("evo-sparse", *args))[1] or ["runs"])[0]
+    printed = [Path(last) for name, last in session.printed if name == "run"]
+    folders = {str(p.relative_to(runs_dir)) for p in printed if p.parts[0] == runs_dir}
+    assert folders and all(any(f" {f} " in line for line in lines) for f in folders), result.stdout
+    assert not any(line.split()[2] == "damaged" for line in lines), result.stdout
 
 
 def _check_statuses(rows: list[dict]) -> None:
@@ -417,6 +459,7 @@ CHECKS: dict[str, Callable] = {
     "plot": _check_plot,
     "show": _check_show,
     "bench": _check_bench,
+    "list": _check_list,
 }
 
 
@@ -454,6 +497,16 @@ def test_readme_command_runs_at_smoke_scale(session, cmd):
         CHECKS[outcome.argv[0]](session, outcome.argv, result)
 
 
+def test_readme_files_are_valid_settings(tmp_path):
+    """Each file block is a settings file the commands read, and a README command uses it."""
+    files = readme_files()
+    assert files
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        read_config_file(tmp_path / name)  # ConfigError for an unknown key or a mistyped value
+        assert any(f"--config {name}" in c.text for c in RUNNABLE), f"no README command uses {name}"
+
+
 def test_skipped_evo_sparse_commands_still_parse():
     """A command that cannot run here still names only options that exist, with values its config accepts."""
     skipped = [c for c in COMMANDS if c.argv[0] == "evo-sparse" and not c.runnable]
@@ -461,9 +514,9 @@ def test_skipped_evo_sparse_commands_still_parse():
     for cmd in skipped:
         command = cli.commands[cmd.argv[1]]
         params = command.make_context(cmd.argv[1], list(cmd.argv[2:])).params
-        if cmd.argv[1] == "run":
-            params.pop("quiet")
-            build_config(params.pop("preset"), params)
+        if cmd.argv[1] == "run":  # its settings, without the flags that are not settings (--quiet, --print-config)
+            settings = {k: v for k, v in params.items() if k.replace("_", "-") in RUN_OPTIONS}
+            build_config(params["preset"], settings, read_config_file(params["config"]) if params["config"] else None)
 
 
 def test_readme_error_line_is_the_one_printed():

@@ -59,6 +59,7 @@ RUN_OPTIONS: dict[str, tuple[str, click.ParamType]] = {
     "gpus-per-task": ("gpus_per_task", click.FLOAT),
     "max-retries": ("max_retries", click.INT),
     "eval-timeout": ("eval_timeout", click.FLOAT),
+    "tensorboard": ("tensorboard", click.STRING),
 }
 
 
@@ -111,6 +112,20 @@ def _fail(message: str) -> None:
 
 def _log(message: str) -> None:
     click.echo(message, err=True)
+
+
+dry_run_option = click.option(
+    "--dry-run",
+    is_flag=True,
+    help="print the trainings, training images, estimated time on this device and disk use; train and write nothing",
+)
+
+
+def print_dry_run(estimate, where) -> None:
+    """``--dry-run``: the ``study.estimate`` of a command, timed on ``where``'s device and backend."""
+    from evo_sparse.study.estimate import report
+
+    click.echo(report(estimate, where, log=_log))
 
 
 def default_preset() -> str:

@@ -6,20 +6,29 @@ import json
 
 import click
 
-from evo_sparse.cli.options import _log, build_config, run_options
+from evo_sparse.cli.options import _log, build_config, dry_run_option, print_dry_run, run_options
+from evo_sparse.cli.settings_file import print_settings, read_file
 from evo_sparse.foundations.errors import ConfigError
 from evo_sparse.foundations.presets import PRESETS
 
 
 @click.command()
 @run_options
+@dry_run_option
 @click.option("--quiet", is_flag=True, help="no progress lines")
-def run(preset: str | None, quiet: bool, **options):
+def run(preset: str | None, config: str | None, print_config: bool, dry_run: bool, quiet: bool, **options):
     """Search node masks; prints the run folder last. Rerunning resumes it, or does nothing when it is finished."""
     from evo_sparse.runs.run import execute
 
-    cfg = build_config(preset, options)
-    if preset is None:
+    file = read_file(config)
+    cfg = build_config(preset, options, file)
+    if print_config:
+        return print_settings(cfg)
+    if dry_run:
+        from evo_sparse.study.estimate import for_run
+
+        return print_dry_run(for_run(cfg), cfg)
+    if preset is None and not (file and file.preset):
         why = "CUDA found" if cfg.preset == "paper" else "no CUDA found; --preset paper is for GPUs"
         _log(f"preset: {cfg.preset} ({why})")
     folder = execute(cfg, log=_log, show_progress=not quiet)

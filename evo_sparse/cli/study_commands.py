@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-from evo_sparse.cli.options import _log, _split, build_config, build_final, final_options, some_run_options
+from evo_sparse.cli.options import (
+    _log,
+    _split,
+    build_config,
+    build_final,
+    dry_run_option,
+    final_options,
+    print_dry_run,
+    some_run_options,
+)
+from evo_sparse.cli.settings_file import config_options, print_settings, read_file
 from evo_sparse.foundations.config import BACKENDS, SAMPLINGS
 from evo_sparse.foundations.errors import ConfigError
 from evo_sparse.foundations.presets import PRESETS
@@ -13,33 +23,53 @@ from evo_sparse.foundations.presets import PRESETS
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="recipe preset (default: the run's)")
+@config_options
 @final_options(seeds_option="seeds")
 @click.option("--no-dense", is_flag=True, help="do not train the dense parent")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the run's)")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None, help="where trainings run (default: the run's)")
 @click.option("--workers", type=click.IntRange(0), default=None, help="worker processes, 0 = one per core or GPU")
 @click.option("--max-retries", type=click.IntRange(0), default=None, help="retries of a training whose worker died")
+@click.option(
+    "--tensorboard", default=None, help="folder for TensorBoard event files of each network's curves (default: none)"
+)
+@dry_run_option
 @click.option("--quiet", is_flag=True, help="no progress lines")
 def final(
     run_dir: str,
     preset: str | None,
+    config: str | None,
+    print_config: bool,
     no_dense: bool,
     device: str | None,
     backend: str | None,
     workers: int | None,
     max_retries: int | None,
+    tensorboard: str | None,
+    dry_run: bool,
     quiet: bool,
     **opts,
 ):
     """Fully train a finished run's best K masks, K random masks of its sparsity and the dense parent; prints the
     folder of the results last. Trainings run where the run's evaluations ran (--backend, --workers, --max-retries)
-    unless told otherwise. Rerunning trains only what is missing."""
+    unless told otherwise (--config: its [final] table and where trainings run; the run fixes the rest). Rerunning
+    trains only what is missing."""
     from evo_sparse.foundations.progress import StudyProgress
     from evo_sparse.study import final as final_training
 
     cfg, _ = final_training.load_run(run_dir)
-    fc = build_final(preset or cfg.preset, opts)
+    file = read_file(config)
+    fc = build_final(preset or (file.preset if file else None) or cfg.preset, opts, file)
+    given = {"device": device, "backend": backend, "workers": workers, "max_retries": max_retries}
+    from_file = {k: v for k, v in file.run.items() if k in given} if file else {}
+    where = cfg.updated(from_file | {k: v for k, v in given.items() if v is not None}).validate()
+    if print_config:
+        return print_settings(where, fc, keys=tuple(given))
     jobs = final_training.run_jobs(run_dir, fc, dense=not no_dense)
+    if dry_run:
+        from evo_sparse.study.estimate import for_final
+
+        return print_dry_run(for_final(jobs, tensorboard=tensorboard), where)
     progress = StudyProgress(_log, enabled=not quiet)
     progress.add(len(jobs), sum(j.work for j in jobs))
     progress.skip_done(jobs)
@@ -47,9 +77,7 @@ def final(
     def on_done(job, record):
         progress.trained(f"{job.kind} #{job.index} {job.seed_label}", job, record)
 
-    given = {"device": device, "backend": backend, "workers": workers, "max_retries": max_retries}
-    where = cfg.updated({k: v for k, v in given.items() if v is not None}).validate()
-    records = final_training.execute(jobs, where=where, on_done=on_done, log=_log)
+    records = final_training.execute(jobs, where=where, on_done=on_done, log=_log, tensorboard=tensorboard)
     from evo_sparse.stats.analysis import analyse, format_analysis
 
     click.echo(format_analysis(analyse(records)))
@@ -61,8 +89,18 @@ def final(
 @click.option("--sparsities", default="0,0.5,0.8,0.9", help="comma-separated node sparsities; 0 = the dense parent")
 @click.option("--seeds", type=click.IntRange(1), default=3, help="search seeds per sparsity (0..N-1)")
 @final_options
+@dry_run_option
 @click.option("--quiet", is_flag=True, help="no progress lines")
-def paper(preset: str | None, sparsities: str, seeds: int, quiet: bool, **options):
+def paper(
+    preset: str | None,
+    config: str | None,
+    print_config: bool,
+    sparsities: str,
+    seeds: int,
+    dry_run: bool,
+    quiet: bool,
+    **options,
+):
     """The whole study: search, final training, statistics and figures for every sparsity and seed; prints the study
     folder last. Rerunning resumes it, or does nothing when it is finished."""
     from evo_sparse.stats.analysis import format_analysis
@@ -71,10 +109,17 @@ def paper(preset: str | None, sparsities: str, seeds: int, quiet: bool, **option
 
     run_opts, final_opts = _split(options)
     levels = parse_list(sparsities, "sparsities")
-    cfg = build_config(preset, run_opts)
-    folder, result = run_paper(
-        cfg, build_final(cfg.preset, final_opts), sparsities=levels, seeds=seeds, log=_log, show_progress=not quiet
-    )
+    file = read_file(config)
+    cfg = build_config(preset, run_opts, file)
+    fc = build_final(cfg.preset, final_opts, file)
+    if print_config:
+        return print_settings(cfg, fc)
+    if dry_run:
+        from evo_sparse.study.estimate import for_paper
+        from evo_sparse.study.paper import plan
+
+        return print_dry_run(for_paper(*plan(cfg, fc, sparsities=levels, seeds=seeds), fc), cfg)
+    folder, result = run_paper(cfg, fc, sparsities=levels, seeds=seeds, log=_log, show_progress=not quiet)
     click.echo(format_analysis(result))
     click.echo(str(folder))
 
@@ -87,8 +132,19 @@ def paper(preset: str | None, sparsities: str, seeds: int, quiet: bool, **option
     "--final-train", is_flag=True, help="also fully train each run's best --final-masks masks (default 1) and test them"
 )
 @final_options
+@dry_run_option
 @click.option("--quiet", is_flag=True, help="no progress lines")
-def compare(preset: str | None, algorithms: str, runs: int, final_train: bool, quiet: bool, **options):
+def compare(
+    preset: str | None,
+    config: str | None,
+    print_config: bool,
+    algorithms: str,
+    runs: int,
+    final_train: bool,
+    dry_run: bool,
+    quiet: bool,
+    **options,
+):
     """GA vs Random Search at an equal budget of fitness evaluations: best-so-far curves and tests; prints the
     comparison folder last."""
     from evo_sparse.study.compare import compare as run_compare
@@ -97,10 +153,18 @@ def compare(preset: str | None, algorithms: str, runs: int, final_train: bool, q
 
     names = parse_list(algorithms, "algorithms", str)
     run_opts, final_opts = _split(options)
-    cfg = build_config(preset, run_opts)
+    file = read_file(config)
+    cfg = build_config(preset, run_opts, file)
     if any(v is not None for v in final_opts.values()) and not final_train:
         raise ConfigError("the full-training options (--epochs, --final-...) need --final-train")
-    fc = build_final(cfg.preset, final_opts) if final_train else None
+    fc = build_final(cfg.preset, final_opts, file) if final_train else None  # a file's [final] only with it
+    if print_config:
+        return print_settings(cfg, fc)
+    if dry_run:
+        from evo_sparse.study.compare import plan
+        from evo_sparse.study.estimate import for_compare
+
+        return print_dry_run(for_compare(plan(cfg, algorithms=names, runs=runs)[1], fc), cfg)
     folder, comparison = run_compare(cfg, algorithms=names, runs=runs, final_cfg=fc, log=_log, show_progress=not quiet)
     click.echo(format_comparison(comparison))
     click.echo(str(folder))
@@ -109,7 +173,7 @@ def compare(preset: str | None, algorithms: str, runs: int, final_train: bool, q
 @click.command()
 @some_run_options(
     "train-images", "lr", "sampling", "replicates", "generations", "pop", "keep", "algorithm", "crossover", "cxpb",
-    "mutpb", "swap-prob", "tournament", "max-failed-share",
+    "mutpb", "swap-prob", "tournament", "max-failed-share", "tensorboard",
 )  # fmt: skip
 @click.option("--train-images", "budgets", default=None, help="comma-separated budgets (default: the preset's)")
 @click.option("--lr", "lrs", default=None, help="comma-separated peak learning rates (default: the preset's)")
@@ -131,6 +195,8 @@ def compare(preset: str | None, algorithms: str, runs: int, final_train: bool, q
 @click.option("--quiet", is_flag=True, help="no progress lines")
 def fidelity(
     preset: str | None,
+    config: str | None,
+    print_config: bool,
     budgets: str | None,
     lrs: str | None,
     samplings: str | None,
@@ -146,7 +212,9 @@ def fidelity(
     from evo_sparse.study import fidelity as study
     from evo_sparse.study.paper import parse_list
 
-    cfg = build_config(preset, options)
+    cfg = build_config(preset, options, read_file(config))
+    if print_config:
+        return print_settings(cfg)
     sampling_list = parse_list(samplings, "sampling", str) if samplings else [cfg.search.sampling]
     bad = [s for s in sampling_list if s not in SAMPLINGS]
     if bad:

@@ -143,6 +143,12 @@ class RunConfig:
         "retried (--max-retries); 0 = ten times the slowest evaluation so far, at least 60 s (none before the first)",
         hash=False,
     )
+    tensorboard: str | None = _f(
+        None,
+        "folder for TensorBoard event files (the tensorboard extra): per evaluation, per generation, the settings with "
+        "the best fitness, and final training's curves, each run under its run folder's name; none = off",
+        hash=False,
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -162,6 +168,10 @@ class RunConfig:
     def hashed_items(self) -> dict[str, Any]:
         """Settings that differ from the defaults and change what is computed: ``{"search.sparsity": 0.5, ...}``."""
         return {k: v for k, v in flat_items(self).items() if k in _HASHED and v != flat_items(RunConfig())[k]}
+
+    def computed_items(self) -> dict[str, Any]:
+        """Every setting that changes what is computed (the hashed ones), defaults included."""
+        return {k: v for k, v in flat_items(self).items() if k in _HASHED}
 
     def run_hash(self) -> str:
         return short_hash(self.hashed_items())

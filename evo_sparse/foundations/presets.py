@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from evo_sparse.foundations.config import FinalConfig, RunConfig
+from evo_sparse.foundations.config import FinalConfig, RunConfig, flat_items
 from evo_sparse.foundations.errors import ConfigError
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -55,6 +55,15 @@ def preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return RunConfig(preset=name).updated(PRESETS[name])
+
+
+def preset_changes(cfg: RunConfig) -> dict[str, Any]:
+    """The settings of ``cfg`` that change what is computed and differ from its preset (the defaults for a preset of
+    another name): ``{"search.sparsity": 0.9}``."""
+    base = preset(cfg.preset) if cfg.preset in PRESETS else RunConfig()
+    mine, theirs = cfg.hashed_items(), base.hashed_items()
+    now, before = flat_items(cfg), flat_items(base)
+    return {k: now[k] for k in sorted(set(mine) | set(theirs)) if k != "preset" and now[k] != before[k]}
 
 
 # The full-training recipe of each preset, each choice with its reason.

@@ -203,6 +203,15 @@ def folder_lock(lock_file: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def lock_holder(lock_file: Path) -> int | None:
+    """The pid holding ``lock_file``'s lock (a process writing that folder); None when it is free or unknown. Reads
+    /proc/locks, never locks, so looking cannot get in a run's way."""
+    try:
+        return _lock_holder(os.stat(lock_file).st_ino)
+    except OSError:
+        return None
+
+
 def _lock_holder(inode: int) -> int | None:
     """The pid holding a flock on the file with ``inode``, from /proc/locks (Linux); None when unknown."""
     try:

@@ -45,7 +45,7 @@ from evo_sparse.foundations.storage import (
 )
 from evo_sparse.models.masks import ENCODING_PREFIX, Layout, Mask
 from evo_sparse.models.registry import architecture
-from evo_sparse.runs import checkpoint
+from evo_sparse.runs import checkpoint, tensorboard
 from evo_sparse.search.algorithms import Hooks, SearchState, evolve, make_toolbox
 from evo_sparse.stats.measurement import run_noise
 from evo_sparse.training.data import load_splits
@@ -114,6 +114,7 @@ class Journal:
 
     def __init__(self, path: Path, layout: Layout, checkpointed: int):
         self.path, self.layout, self.gen = path, layout, 0
+        self.on_row: Callable[[int, dict[str, Any]], None] = lambda step, row: None  # (its line, from 0; the row)
         rows = read_jsonl(path)
         prefix = f"{ENCODING_PREFIX}{layout.fingerprint()}:"
         for n, row in enumerate(rows, start=1):
@@ -140,6 +141,7 @@ class Journal:
     def append(self, index: int, record: dict[str, Any]) -> dict[str, Any]:
         row = {"schema": SCHEMA_VERSION, "gen": self.gen, "index": index, "retries": 0} | record
         append_jsonl(self.path, [row])
+        self.on_row(self.rows, row)
         self.rows += 1
         if row.get("status") != "ok":
             self.failed.append(row.get("reason"))
@@ -213,9 +215,10 @@ def execute(
     cfg.validate()
     paths = RunPaths(run_folder(cfg))
     layout = layout_of(cfg)
+    board = tensorboard.RunBoard.open(cfg, paths)  # None without --tensorboard; ConfigError without TensorBoard
     if check_config(paths, cfg) and is_finished(paths, cfg, layout):  # read-only: a finished run is not locked
         log(f"run already finished: {paths.root}")
-        return paths.root
+        return _closed(board, paths, cfg, layout)
     device = None if cfg.backend == "ray" else resolve_device(cfg.device)  # on Ray, the cluster's devices count
     if cfg.train.compile and device is not None and device.type != "cuda":
         raise ConfigError(
@@ -229,7 +232,7 @@ def execute(
         ckpt = checkpoint.read(paths.checkpoint, cfg, layout) if paths.checkpoint.exists() else None
         if ckpt and ckpt["next_generation"] >= cfg.search.generations:
             log(f"run already finished: {paths.root}")
-            return paths.root
+            return _closed(board, paths, cfg, layout)
         journal = Journal(paths.evaluations, layout, ckpt["evaluations"] if ckpt else 0)
         journal.check_failures(cfg.search.max_failed_share)  # a run stopped for failures stays stopped until allowed
         if not known:
@@ -240,6 +243,9 @@ def execute(
             f"{architecture(cfg.model).label} at sparsity {cfg.search.sparsity}"
         )
         state = checkpoint.restore(ckpt, layout, cfg.search.survivors) if ckpt else SearchState()
+        if board:
+            board.catch_up(ckpt["logbook"] if ckpt else [])  # what an earlier start journaled but did not write
+            journal.on_row = board.evaluation
         if ckpt:
             log(f"resuming at generation {state.generation + 1} of {cfg.search.generations}")
         progress = Progress(cfg.search, enabled=show_progress)
@@ -255,6 +261,8 @@ def execute(
         def on_generation_end(st):
             checkpoint.save(paths.checkpoint, cfg, st, layout, evaluations=journal.rows)
             progress.end_generation(st)
+            if board:
+                board.generation(st.logbook[-1])
             limit = cfg.search.max_failed_share
             if st.generation < cfg.search.generations:
                 journal.check_failures(limit)  # after the checkpoint: the same command resumes from here
@@ -278,6 +286,16 @@ def execute(
             evolve(toolbox, cfg.search, state, Hooks(on_generation_start, on_evaluated, on_generation_end))
         finally:
             pool.close()
+            if board:
+                board.close()
+    return paths.root
+
+
+def _closed(board: tensorboard.RunBoard | None, paths: RunPaths, cfg: RunConfig, layout: Layout) -> Path:
+    """A finished run's folder, after its board (if any) caught up with it."""
+    if board:
+        board.catch_up(checkpoint.read(paths.checkpoint, cfg, layout)["logbook"])
+        board.close()
     return paths.root
 
 

@@ -54,6 +54,25 @@ def generations_for(cfg: RunConfig, budget: int) -> int:
     return 1 + g
 
 
+def plan(base: RunConfig, *, algorithms: list[str], runs: int) -> tuple[int, dict[tuple[str, int], RunConfig]]:
+    """(the budget of evaluations, {(algorithm, seed): config}) of a comparison, checked; ConfigError otherwise."""
+    unknown = [a for a in algorithms if a not in ALGORITHMS]
+    if unknown or len(algorithms) < 2:
+        raise ConfigError(f"--algorithms must name two or more of {', '.join(ALGORITHMS)}, not {','.join(algorithms)}")
+    if runs < 1:
+        raise ConfigError(f"--runs must be at least 1, not {runs}")
+    base = base.validate()
+    architecture(base.model)
+    s = base.search
+    budget = s.population + (s.generations - 1) * (s.population - s.survivors)
+    configs = {}
+    for alg in algorithms:
+        cfg = base.updated({"search.algorithm": alg})
+        cfg = cfg.updated({"search.generations": generations_for(cfg, budget)})
+        configs |= {(alg, seed): cfg.updated({"seed": seed}).validate() for seed in range(runs)}
+    return budget, configs
+
+
 def compare(
     base: RunConfig,
     *,
@@ -69,20 +88,7 @@ def compare(
     and test the algorithms' final test accuracy (a run's masks and seeds averaged: one value per run)."""
     from evo_sparse.runs.run import execute
 
-    unknown = [a for a in algorithms if a not in ALGORITHMS]
-    if unknown or len(algorithms) < 2:
-        raise ConfigError(f"--algorithms must name two or more of {', '.join(ALGORITHMS)}, not {','.join(algorithms)}")
-    if runs < 1:
-        raise ConfigError(f"--runs must be at least 1, not {runs}")
-    base = base.validate()
-    architecture(base.model)
-    s = base.search
-    budget = s.population + (s.generations - 1) * (s.population - s.survivors)
-    configs = {}
-    for alg in algorithms:
-        cfg = base.updated({"search.algorithm": alg})
-        cfg = cfg.updated({"search.generations": generations_for(cfg, budget)})
-        configs |= {(alg, seed): cfg.updated({"seed": seed}).validate() for seed in range(runs)}
+    budget, configs = plan(base, algorithms=algorithms, runs=runs)
     key = {k: v for k, v in base.hashed_items().items() if k not in ("search.algorithm", "seed")}
     trained_key = [final_cfg.final_hash(), final_cfg.masks or 1, final_cfg.seeds] if final_cfg else []
     paths = comparison_folder(base.runs_dir, [key, algorithms, runs, *trained_key])
@@ -152,7 +158,7 @@ def _train_best(entries, root: Path, base: RunConfig, final_cfg: FinalConfig, pr
         run = f"{job.cfg.search.algorithm} seed {job.cfg.seed}"
         progress.trained(f"final {run} #{job.index} {job.seed_label}", job, record)
 
-    records = final.execute(jobs, where=base, on_done=on_done, log=progress.log)
+    records = final.execute(jobs, where=base, on_done=on_done, log=progress.log, tensorboard=base.tensorboard)
     by_path = {j.path: r for j, r in zip(jobs, records, strict=True)}
     out: dict[str, list[float]] = {}
     for i, e in enumerate(entries):

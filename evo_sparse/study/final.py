@@ -246,6 +246,7 @@ def execute(
     workers: int | None = None,
     on_done: Callable[[Job, dict[str, Any]], None] = lambda job, record: None,
     log: Callable[[str], None] = lambda _: None,
+    tensorboard: str | None = None,
 ) -> list[dict[str, Any]]:
     """Train every job whose file is missing, writing each as it finishes; return every job's record, in job order.
 
@@ -257,12 +258,24 @@ def execute(
     of ``Job.work``, at least a minute; ``--eval-timeout`` is for the search's brief evaluations), costs a retry
     (``--max-retries``); a job whose worker died at every attempt gets a failed record, written like any other, and
     the others go on. Ctrl-C or SIGTERM stops the workers; what finished is on disk and a rerun trains the rest.
+    ``tensorboard``: a folder for each network's curves (``runs.tensorboard``), written as it finishes (those trained
+    before: at the start); ConfigError before any training when TensorBoard is not installed.
     """
     from evo_sparse.execution import backends
     from evo_sparse.foundations.devices import resolve_device
 
     backends.refuse_while_bootstrapping()
     todo = pending(jobs)
+    if tensorboard:
+        board, user_done = _board(tensorboard), on_done
+        for job in jobs:
+            if job not in todo:
+                board(job, read_json(job.path, "final training result"))
+
+        def on_done(job: Job, record: dict[str, Any]) -> None:
+            board(job, record)
+            user_done(job, record)
+
     for job in {j.path.parent: j for j in todo}.values():  # one job per results folder
         if not (job.path.parent / "final.json").exists():
             write_json(job.path.parent / "final.json", job.final.to_dict())
@@ -282,6 +295,14 @@ def execute(
         finally:
             pool.close()
     return [read_json(j.path, "final training result") for j in jobs]
+
+
+def _board(folder: str) -> Callable[[Job, dict[str, Any]], None]:
+    """What writes a job's curves into the TensorBoard ``folder``; ConfigError without TensorBoard."""
+    from evo_sparse.runs import tensorboard
+
+    tensorboard.summary_writer()
+    return lambda job, record: tensorboard.record_network(folder, job.path, Path(job.source).parent.parent, record)
 
 
 def _record(job: Job, record: dict[str, Any], on_done) -> None:

@@ -97,19 +97,11 @@ def _job_work(cfg: RunConfig, fc: FinalConfig, kind: str) -> float:
 # --- the paper experiment ---------------------------------------------------------------------------------------------
 
 
-def paper(
-    base: RunConfig,
-    fc: FinalConfig,
-    *,
-    sparsities: list[float],
-    seeds: int,
-    log: Callable[[str], None] = print,
-    show_progress: bool = True,
-) -> tuple[Path, dict[str, Any]]:
-    """Run (or resume, or skip) the whole study; (its folder, the statistics). ConfigError for bad settings, before
-    any work."""
-    from evo_sparse.runs.run import execute, run_folder
-
+def plan(
+    base: RunConfig, fc: FinalConfig, *, sparsities: list[float], seeds: int
+) -> tuple[dict[tuple[float, int], RunConfig], list[RunConfig]]:
+    """The study's searches ({(sparsity, seed): config}, sparsities above 0) and the configs of its dense parents (one
+    per seed when 0 is among ``sparsities``), all checked; ConfigError for bad settings."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, not {seeds}")
     fc.validate()
@@ -125,6 +117,23 @@ def paper(
     dense_cfgs = [base.updated({"seed": seed}).validate() for seed in range(seeds)] if 0 in sparsities else []
     for cfg in [*configs.values(), *dense_cfgs]:
         final.check_batch_size(cfg, fc)
+    return configs, dense_cfgs
+
+
+def paper(
+    base: RunConfig,
+    fc: FinalConfig,
+    *,
+    sparsities: list[float],
+    seeds: int,
+    log: Callable[[str], None] = print,
+    show_progress: bool = True,
+) -> tuple[Path, dict[str, Any]]:
+    """Run (or resume, or skip) the whole study; (its folder, the statistics). ConfigError for bad settings, before
+    any work."""
+    from evo_sparse.runs.run import execute, run_folder
+
+    configs, dense_cfgs = plan(base, fc, sparsities=sparsities, seeds=seeds)
     key = {
         "run": {k: v for k, v in base.hashed_items().items() if k not in ("search.sparsity", "seed")},
         "sparsities": sorted(sparsities),
@@ -157,7 +166,7 @@ def paper(
     def on_done(job: final.Job, record: dict[str, Any]) -> None:
         progress.trained(f"final {job.kind} #{job.index} s={job.sparsity:g} {job.seed_label}", job, record)
 
-    records = final.execute(jobs, where=base, on_done=on_done, log=log)
+    records = final.execute(jobs, where=base, on_done=on_done, log=log, tensorboard=base.tensorboard)
     rows = [table_row(r, paths.root) for r in records]
     result = analysis.analyse(rows, seed=0)
     study = {

@@ -1,0 +1,24 @@
+"""``list``: every run, study, comparison and fidelity folder under a runs folder, one line each."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("list")
+@click.argument("runs_dir", default="runs", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list of dicts, one per folder")
+def list_runs(runs_dir: str, as_json: bool):
+    """List the folders under RUNS_DIR (default: runs): kind, status, progress, best fitness, failures, last change
+    and the settings that differ from the preset. A damaged folder is listed with the reason. Never writes."""
+    from evo_sparse.runs.listing import format_listing, list_folders
+
+    entries = list_folders(runs_dir)
+    if as_json:
+        click.echo(json.dumps(entries, indent=1))
+    elif entries:
+        click.echo(format_listing(entries))
+    else:
+        click.echo(f"no run, study, comparison or fidelity folders under {runs_dir}", err=True)
