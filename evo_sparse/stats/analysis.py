@@ -1,13 +1,16 @@
 """Statistics of the paper experiment, from result rows (``final`` records, one per network and training seed).
 
 The unit of every test is a *mask*: its training seeds are averaged first, so that trainings of one mask are never
-counted as independent samples. Per sparsity: found vs random final test accuracy (mean ± std, two-sided Mann-Whitney
-U, Cliff's delta = the rank-biserial correlation), Kendall τ and Spearman ρ between early fitness and final accuracy
-with seeded percentile-bootstrap CIs (early fitness: the held-out replicate's when every mask has one, free of the
-winner's curse of the search's own value, else the search's; ``early_measure`` says which), the noise ceiling (std of
-one mask's final accuracy across training seeds), and convergence (epochs to reach a target validation accuracy). GA vs
-Random Search: the best fitness within an equal budget of evaluations. Numbers that a sample too small (or constant)
-cannot give are None, with a note saying why.
+counted as independent samples. Per sparsity: found vs random final test accuracy (mean ± std, the difference of means
+with its Welch SE and 95% t interval, two-sided exact Mann-Whitney U, Cliff's delta = the rank-biserial correlation),
+the same paired by search seed (found - random of a seed's mean accuracies, exact Wilcoxon signed-rank), Kendall τ and
+Spearman ρ between early fitness and final accuracy, pooled and within each kind, with seeded percentile-bootstrap CIs
+(early fitness: the held-out replicate's when every mask has one, free of the winner's curse of the search's own value,
+else the search's; ``early_measure`` says which), the noise ceiling (pooled within-mask std across training seeds),
+variance components of final accuracy (mask vs training seed, ICC(1) with a bootstrap CI: can one final training tell
+masks apart at all?), and convergence (epochs to reach a target validation accuracy). GA vs Random Search: the best
+fitness within an equal budget of evaluations, unpaired and paired by seed. Numbers that a sample too small (or
+constant) cannot give are None, with a note saying why. The tests themselves live in ``significance``.
 """
 
 from __future__ import annotations
@@ -21,13 +24,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from evo_sparse.stats.significance import clean as _clean  # measurement imports it from here
+from evo_sparse.stats.significance import mann_whitney, mean_difference, paired
+
 BOOTSTRAP = 2000  # resamples for the rank-correlation CIs
 EARLY_KEYS = {"heldout": "early_fitness_heldout", "search": "early_fitness"}  # early-fitness measure: its field
 TARGET_FRACTION = 0.95  # convergence target: this share of the mean final validation accuracy at that sparsity
-
-
-def _clean(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
 
 
 def summary(values: Sequence[float]) -> dict[str, Any]:
@@ -40,18 +42,21 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def two_groups(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """Two-sided Mann-Whitney U of ``a`` vs ``b`` and Cliff's delta (P(a > b) - P(a < b)), with their summaries."""
-    out = {"a": summary(a), "b": summary(b), "u": None, "p_value": None, "cliffs_delta": None, "note": None}
+def two_groups(a: Sequence[float], b: Sequence[float], *, seed: int = 0) -> dict[str, Any]:
+    """Two-sided Mann-Whitney U of ``a`` vs ``b`` from its exact permutation distribution (``u``, ``p_value``,
+    ``p_method``, ``p_min``: see ``significance.mann_whitney``), Cliff's delta (P(a > b) - P(a < b)), the difference of
+    means with its Welch SE and 95% t interval (``difference``: ``significance.mean_difference``) and the summaries."""
+    out = {"a": summary(a), "b": summary(b), "u": None, "p_value": None, "p_method": None, "p_min": None}
+    out |= {"cliffs_delta": None, "difference": mean_difference(a, b), "note": None}
     if len(a) < 2 or len(b) < 2:
         out["note"] = f"needs at least 2 masks per group, has {len(a)} and {len(b)}"
         return out
-    u, p = stats.mannwhitneyu(a, b, alternative="two-sided")
     diff = np.sign(np.subtract.outer(np.asarray(a, float), np.asarray(b, float)))
-    out |= {"u": float(u), "p_value": _clean(p), "cliffs_delta": float(diff.mean())}
-    if out["p_value"] is None:
-        out["note"] = "every value is equal: no test"
-    return out
+    out["cliffs_delta"] = float(diff.mean())
+    if np.ptp(np.concatenate([a, b])) == 0:  # every split gives the same U: p = 1, the exact test's own answer
+        return out | {"p_value": 1.0, "p_method": "exact", "note": "every value is equal: p = 1"}
+    test = mann_whitney(a, b, seed=seed)
+    return out | {"u": test["u"], "p_value": test["p_value"], "p_method": test["method"], "p_min": test["min_p"]}
 
 
 def rank_correlation(x: Sequence[float], y: Sequence[float], *, seed: int = 0, n_boot: int = BOOTSTRAP) -> dict:
@@ -181,11 +186,37 @@ def convergence(found: list[dict], random: list[dict], *, fraction: float = TARG
 
 
 def noise_ceiling(masks: list[dict]) -> dict[str, Any]:
-    """Std of a mask's final test accuracy across its training seeds, averaged over masks trained at least twice."""
-    stds = [float(np.std(m["test_accs"], ddof=1)) for m in masks if len(m["test_accs"]) > 1]
-    if not stds:
-        return {"std": None, "masks": 0, "note": "no mask was trained under 2 or more seeds (--final-seeds)"}
-    return {"std": float(np.mean(stds)), "masks": len(stds), "note": None}
+    """The pooled within-mask std of final test accuracy across training seeds, over masks trained at least twice:
+    sqrt(Σ (n_i - 1) s_i² / Σ (n_i - 1)), the square root of the mean within-mask variance when every mask has as many
+    seeds (not the mean of the stds, which is biased low); ``df`` is Σ (n_i - 1)."""
+    accs = [np.asarray(m["test_accs"], float) for m in masks if len(m["test_accs"]) > 1]
+    if not accs:
+        return {"std": None, "masks": 0, "df": 0, "note": "no mask was trained under 2 or more seeds (--final-seeds)"}
+    df = sum(len(a) - 1 for a in accs)
+    pooled = sum(float(((a - a.mean()) ** 2).sum()) for a in accs) / df
+    return {"std": math.sqrt(pooled), "masks": len(accs), "df": df, "note": None}
+
+
+def variance_components(masks: list[dict], *, seed: int = 0) -> dict[str, Any]:
+    """How much of final test accuracy is the mask rather than the training seed: ``measurement.reliability`` (ICC(1)
+    with a seeded bootstrap CI, between- and within-mask sd, Spearman–Brown) of the [masks, R] matrix of each mask's
+    first R training seeds, R chosen to keep the most values; for the ``found`` masks, the ``random`` ones and ``both``
+    (whose between-mask part includes the found-vs-random difference). A group without 2 masks of 2 or more training
+    seeds has only ``masks`` and a note."""
+    from evo_sparse.stats import measurement  # here, not above: measurement imports this module
+
+    out = {}
+    for name in ("found", "random", "both"):
+        group = [m["test_accs"] for m in masks if name == "both" or m["kind"] == name]
+        counts = [len(a) for a in group]
+        r = max(range(2, max(counts, default=0) + 1), key=lambda k: k * sum(c >= k for c in counts), default=0)
+        rows = [a[:r] for a in group if r and len(a) >= r]
+        if len(rows) < 2:
+            note = "needs 2 or more masks trained under 2 or more seeds (--final-seeds)"
+            out[name] = {"masks": len(rows), "note": note}
+        else:
+            out[name] = measurement.reliability(rows, seed=seed) | {"note": None}
+    return out
 
 
 def analyse(rows: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
@@ -203,26 +234,53 @@ def analyse(rows: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
     for s in sorted({m["sparsity"] for m in masks if m["kind"] != "dense"}):
         found = [m for m in masks if m["sparsity"] == s and m["kind"] == "found"]
         random = [m for m in masks if m["sparsity"] == s and m["kind"] == "random"]
-        test = two_groups([m["final_test_acc"] for m in found], [m["final_test_acc"] for m in random])
-        paired = [m for m in found + random if m[early] is not None]
-        corr = rank_correlation([m[early] for m in paired], [m["final_test_acc"] for m in paired], seed=seed)
-        corr = {"early_measure": measure} | corr | {"masks": [_early_row(m) for m in found + random]}
+        test = two_groups([m["final_test_acc"] for m in found], [m["final_test_acc"] for m in random], seed=seed)
+        corr = {"early_measure": measure} | _early_vs_final(found + random, early, seed)
+        by_kind = {kind: _early_vs_final(group, early, seed) for kind, group in (("found", found), ("random", random))}
+        corr |= {"by_kind": by_kind, "masks": [_early_row(m) for m in found + random]}
         out["sparsities"].append(
             {
                 "sparsity": s,
                 "found": test["a"],
                 "random": test["b"],
                 "found_minus_random": _diff(test["a"]["mean"], test["b"]["mean"]),
+                "found_minus_random_se": test["difference"]["se"],
+                "found_minus_random_ci": test["difference"]["ci"],
+                "found_minus_random_df": test["difference"]["df"],
                 "mann_whitney_u": test["u"],
                 "p_value": test["p_value"],
+                "p_method": test["p_method"],
+                "p_min": test["p_min"],
                 "cliffs_delta": test["cliffs_delta"],
                 "note": test["note"],
+                "paired": _paired_by_seed(found, random, seed),
                 "early_vs_final": corr,
                 "noise_ceiling": noise_ceiling(found + random),
+                "variance_components": variance_components(found + random, seed=seed),
                 "convergence": convergence(found, random),
             }
         )
     return out
+
+
+def _early_vs_final(masks: list[dict[str, Any]], early: str, seed: int) -> dict[str, Any]:
+    """``rank_correlation`` of the masks' early fitness (field ``early``) and final accuracy, masks without one left
+    out."""
+    have = [m for m in masks if m[early] is not None]
+    return rank_correlation([m[early] for m in have], [m["final_test_acc"] for m in have], seed=seed)
+
+
+def _paired_by_seed(found: list[dict], random: list[dict], seed: int) -> dict[str, Any]:
+    """Found - random paired by search seed: per seed with both kinds, the mean final accuracy of its found masks minus
+    that of its random masks (``significance.paired``: Wilcoxon signed-rank, mean with SE and t interval), plus
+    ``seeds`` and ``differences``."""
+    acc = {kind: defaultdict(list) for kind in ("found", "random")}
+    for m in found + random:
+        acc[m["kind"]][m["seed"]].append(m["final_test_acc"])
+    seeds = sorted(set(acc["found"]) & set(acc["random"]))
+    diffs = [float(np.mean(acc["found"][s]) - np.mean(acc["random"][s])) for s in seeds]
+    unit = "search seed (mean over its masks of each kind)"
+    return {"unit": unit} | paired(diffs, seed=seed) | {"seeds": seeds, "differences": diffs}
 
 
 def _early_row(m: dict[str, Any]) -> dict[str, Any]:
@@ -259,22 +317,35 @@ def curve_band(curves: list[list[float | None]]) -> dict[str, list[float | None]
     return {"mean": mean, "low": low, "high": high}
 
 
-def compare_algorithms(finals: dict[str, list[float]]) -> list[dict[str, Any]]:
-    """Each algorithm after the first against the first (the baseline): Mann-Whitney U on final best fitness."""
+def compare_algorithms(
+    finals: dict[str, list[float]], *, by_seed: dict[str, dict[int, float]] | None = None, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Each algorithm after the first against the first (the baseline) on final best fitness: the difference of means
+    with its Welch SE and 95% t interval, exact Mann-Whitney U, Cliff's delta, and, given ``by_seed`` ({algorithm:
+    {run seed: value}}), ``paired``: algorithm - baseline of the seeds both have (``significance.paired``, exact
+    Wilcoxon signed-rank; runs of one seed share every seed derived from it)."""
     names = list(finals)
     out = []
     for name in names[1:]:
-        test = two_groups(finals[name], finals[names[0]])
-        out.append(
-            {
-                "algorithm": name,
-                "baseline": names[0],
-                "difference": _diff(test["a"]["mean"], test["b"]["mean"]),
-                "p_value": test["p_value"],
-                "cliffs_delta": test["cliffs_delta"],
-                "note": test["note"],
-            }
-        )
+        test = two_groups(finals[name], finals[names[0]], seed=seed)
+        entry = {
+            "algorithm": name,
+            "baseline": names[0],
+            "difference": _diff(test["a"]["mean"], test["b"]["mean"]),
+            "difference_se": test["difference"]["se"],
+            "difference_ci": test["difference"]["ci"],
+            "p_value": test["p_value"],
+            "p_method": test["p_method"],
+            "p_min": test["p_min"],
+            "cliffs_delta": test["cliffs_delta"],
+            "note": test["note"],
+        }
+        if by_seed is not None:
+            mine, base = by_seed.get(name, {}), by_seed.get(names[0], {})
+            seeds = sorted(set(mine) & set(base))
+            diffs = [float(mine[s] - base[s]) for s in seeds]
+            entry["paired"] = {"unit": "run seed"} | paired(diffs, seed=seed) | {"seeds": seeds, "differences": diffs}
+        out.append(entry)
     return out
 
 
@@ -292,10 +363,11 @@ def format_analysis(a: dict[str, Any]) -> str:
     d = a["dense"]
     lines = [f"dense           test acc {ms(d)} (n={d['n']})"] if d["n"] else []
     for s in a["sparsities"]:
-        c = s["early_vs_final"]
+        c, pair = s["early_vs_final"], s.get("paired") or {}  # an analysis.json from before pairing has none
         lines.append(
             f"sparsity {s['sparsity']:<5}  found {ms(s['found'])} (n={s['found']['n']})  random {ms(s['random'])} "
-            f"(n={s['random']['n']})  p={num(s['p_value'])}  delta={num(s['cliffs_delta'], '+.2f')}  "
+            f"(n={s['random']['n']})  p={num(s['p_value'])}  paired p={num(pair.get('p_value'))} "
+            f"(n={pair.get('n', 0)})  delta={num(s['cliffs_delta'], '+.2f')}  "
             f"tau={num(c['kendall_tau'], '+.2f')} ({c.get('early_measure', 'search')} early fitness)  "
             f"noise std={num(s['noise_ceiling']['std'], '.4f')}"
         )

@@ -122,7 +122,7 @@ def compare(
         "budget_evaluations": budget,
         "train_images_per_eval": base.train.train_images // base.train.batch_size * base.train.batch_size,
         "summary": {a: analysis.summary(v) for a, v in finals.items()},
-        "tests": analysis.compare_algorithms(finals),
+        "tests": analysis.compare_algorithms(finals, by_seed=_by_seed(entries, "best")),
         "bands": {a: analysis.curve_band([e["curve"] for e in entries if e["algorithm"] == a]) for a in algorithms},
         "runs": entries,
         "notes": notes,
@@ -130,7 +130,7 @@ def compare(
             {
                 "final": final_cfg.to_dict(),
                 "final_summary": {a: analysis.summary(v) for a, v in trained.items()},
-                "final_tests": analysis.compare_algorithms(trained),
+                "final_tests": analysis.compare_algorithms(trained, by_seed=_by_seed(entries, "final_test_acc")),
             }
             if final_cfg
             else {}
@@ -140,6 +140,15 @@ def compare(
     if write_json_if_changed(paths.comparison, comparison) or not (paths.root / "best_so_far.png").exists():
         plots.draw_all(plots.load([paths.root]), paths.root)
     return paths.root, comparison
+
+
+def _by_seed(entries: list[dict[str, Any]], key: str) -> dict[str, dict[int, float]]:
+    """{algorithm: {run seed: entry[key]}} over the entries that have a value, for the tests paired by seed."""
+    out: dict[str, dict[int, float]] = {}
+    for e in entries:
+        if e.get(key) is not None:
+            out.setdefault(e["algorithm"], {})[e["seed"]] = e[key]
+    return out
 
 
 def _train_best(entries, root: Path, base: RunConfig, final_cfg: FinalConfig, progress) -> dict[str, list[float]]:
@@ -195,4 +204,9 @@ def _test_line(t: dict[str, Any], prefix: str = "") -> str:
     p = "n/a" if t["p_value"] is None else f"{t['p_value']:.3g}"
     d = "n/a" if t["cliffs_delta"] is None else f"{t['cliffs_delta']:+.2f}"
     note = f" ({t['note']})" if t["note"] else ""
-    return f"{prefix}{t['algorithm']} vs {t['baseline']}: Mann-Whitney U p = {p}, Cliff's delta = {d}{note}"
+    pair = t.get("paired") or {}  # a comparison.json from before pairing has none
+    paired = "n/a" if pair.get("p_value") is None else f"{pair['p_value']:.3g}"
+    return (
+        f"{prefix}{t['algorithm']} vs {t['baseline']}: Mann-Whitney U p = {p}, Cliff's delta = {d}, "
+        f"paired by seed Wilcoxon p = {paired} (n={pair.get('n', 0)}){note}"
+    )
