@@ -1,9 +1,12 @@
-"""What the built-in networks share: channel gates, the initialization, and the unit map of a BatchNorm layer."""
+"""What the built-in networks share: their Architecture (``Declared``), channel gates, the initialization, the names
+of residual-stage units, and the unit map of a BatchNorm layer."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from evo_sparse.models.registry import Architecture
 
 
 class GatedNetwork(nn.Module):
@@ -41,3 +44,27 @@ def bn_units(prefix: str, unit: str) -> dict[str, tuple[str | None, str | None]]
     """``param_units`` entries of the BatchNorm layer ``prefix`` over ``unit``'s channels."""
     entries = {f"{prefix}.{k}": (unit, None) for k in ("weight", "bias", "running_mean", "running_var")}
     return entries | {f"{prefix}.num_batches_tracked": (None, None)}
+
+
+class Declared(Architecture):
+    """An Architecture whose network class (``network``: built from ``(depth, width, widths)``) lists its own
+    ``param_units``; subclasses set ``depth``, ``width``, ``units`` and ``label``."""
+
+    network: type
+
+    def build(self, widths: dict[str, int] | None = None):
+        return self.network(self.depth, self.width, widths)
+
+    def param_units(self) -> dict[str, tuple[str | None, str | None]]:
+        with torch.device("meta"):
+            return self.network(self.depth, self.width).param_units()
+
+
+def stream(stage: int) -> str:
+    """The unit of a residual stage's stream (the channels every writer into its sum shares)."""
+    return f"stage{stage}"
+
+
+def inner(stage: int, block: int) -> str:
+    """The unit of a residual block's inner channels."""
+    return f"stage{stage}.block{block}.inner"

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from evo_sparse.foundations.errors import ConfigError
-from evo_sparse.models.layers import GatedNetwork, bn_units
-from evo_sparse.models.registry import NUM_CLASSES, Architecture, Unit, register
+from evo_sparse.models.layers import Declared, GatedNetwork, bn_units, inner, stream
+from evo_sparse.models.registry import NUM_CLASSES, Unit, register
 
 
-class ResNet(Architecture):
+class ResNet(Declared):
     """ResNet-depth at width k as an ``Architecture``; ConfigError for a depth not 6n+2 (n >= 1) or a width < 1."""
 
     def __init__(self, depth: int, width: int):
@@ -34,12 +34,7 @@ class ResNet(Architecture):
         self.units = units(depth, width)
         self.label = f"ResNet-{depth}" if width == 1 else f"ResNet-{depth}x{width}"
 
-    def build(self, widths: dict[str, int] | None = None) -> CifarResNet:
-        return CifarResNet(self.depth, self.width, widths)
-
-    def param_units(self) -> dict[str, tuple[str | None, str | None]]:
-        with torch.device("meta"):
-            return CifarResNet(self.depth, self.width).param_units()
+    network = property(lambda self: CifarResNet)
 
 
 def blocks_per_stage(depth: int) -> int:
@@ -47,14 +42,6 @@ def blocks_per_stage(depth: int) -> int:
     if depth < 8 or (depth - 2) % 6:
         raise ConfigError(f"--depth for --model resnet must be 6n+2 (8, 14, 20, 32, 44, 56, 110), not {depth}")
     return (depth - 2) // 6
-
-
-def stream(stage: int) -> str:
-    return f"stage{stage}"
-
-
-def inner(stage: int, block: int) -> str:
-    return f"stage{stage}.block{block}.inner"
 
 
 def units(depth: int, width: int) -> tuple[Unit, ...]:

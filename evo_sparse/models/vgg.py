@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from evo_sparse.foundations.errors import ConfigError
-from evo_sparse.models.layers import GatedNetwork
-from evo_sparse.models.registry import NUM_CLASSES, Architecture, Unit, register
+from evo_sparse.models.layers import Declared, GatedNetwork
+from evo_sparse.models.registry import NUM_CLASSES, Unit, register
 
 POOL = "M"
 CONFIGS: dict[int, tuple[int | str, ...]] = {  # channels at width 1; POOL is a 2x2 max-pool
@@ -25,7 +25,7 @@ CONFIGS: dict[int, tuple[int | str, ...]] = {  # channels at width 1; POOL is a 
 }
 
 
-class VGG(Architecture):
+class VGG(Declared):
     """VGG-depth at width k as an ``Architecture``; ConfigError for a depth not in 11, 13, 16, 19 or a width < 1."""
 
     def __init__(self, depth: int, width: int):
@@ -36,12 +36,7 @@ class VGG(Architecture):
         self.units = units(depth, width)
         self.label = f"VGG-{depth}" if width == 1 else f"VGG-{depth}x{width}"
 
-    def build(self, widths: dict[str, int] | None = None) -> CifarVGG:
-        return CifarVGG(self.depth, self.width, widths)
-
-    def param_units(self) -> dict[str, tuple[str | None, str | None]]:
-        with torch.device("meta"):
-            return CifarVGG(self.depth, self.width).param_units()
+    network = property(lambda self: CifarVGG)
 
 
 def config(depth: int) -> tuple[int | str, ...]:

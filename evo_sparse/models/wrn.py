@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from evo_sparse.foundations.errors import ConfigError
-from evo_sparse.models.layers import GatedNetwork, bn_units
-from evo_sparse.models.registry import NUM_CLASSES, Architecture, Unit, register
+from evo_sparse.models.layers import Declared, GatedNetwork, bn_units, inner, stream
+from evo_sparse.models.registry import NUM_CLASSES, Unit, register
 
 STEM = "stem"
 
 
-class WRN(Architecture):
+class WRN(Declared):
     """WRN-depth-width as an ``Architecture``: the default network (``--model wrn``)."""
 
     def __init__(self, depth: int, width: int):
@@ -30,12 +30,7 @@ class WRN(Architecture):
         self.units = units(depth, width)
         self.label = f"WRN-{depth}-{width}"
 
-    def build(self, widths: dict[str, int] | None = None) -> WideResNet:
-        return WideResNet(self.depth, self.width, widths)
-
-    def param_units(self) -> dict[str, tuple[str | None, str | None]]:
-        with torch.device("meta"):
-            return WideResNet(self.depth, self.width).param_units()
+    network = property(lambda self: WideResNet)
 
     def batched(self, widths: dict[str, int], size: int):
         from evo_sparse.models.wrn_batched import PopulationWRN
@@ -51,14 +46,6 @@ def blocks_per_stage(depth: int) -> int:
     if depth < 10 or (depth - 4) % 6:
         raise ConfigError(f"--depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), not {depth}")
     return (depth - 4) // 6
-
-
-def stream(stage: int) -> str:
-    return f"stage{stage}"
-
-
-def inner(stage: int, block: int) -> str:
-    return f"stage{stage}.block{block}.inner"
 
 
 def units(depth: int, width: int) -> tuple[Unit, ...]:
