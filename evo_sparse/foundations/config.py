@@ -301,6 +301,13 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
 
 GROUPS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "search": SearchConfig}
 _FIELDS = _all_fields()
+
+
+def run_fields() -> dict[str, dataclasses.Field]:
+    """Every flattened RunConfig field by key (``"seed"``, ``"search.sparsity"``, ...)."""
+    return dict(_FIELDS)
+
+
 _HASHED = {k for k, f in _FIELDS.items() if f.metadata.get("hash", True)}
 
 

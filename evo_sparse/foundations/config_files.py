@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from evo_sparse.foundations.config import GROUPS, FinalConfig, RunConfig
+from evo_sparse.foundations.config import GROUPS, FinalConfig, RunConfig, run_fields
 from evo_sparse.foundations.errors import ConfigError
 from evo_sparse.foundations.presets import PRESETS
 from evo_sparse.foundations.storage import SCHEMA_VERSION
@@ -28,17 +28,7 @@ from evo_sparse.foundations.storage import SCHEMA_VERSION
 FINAL = "final"  # the table of the full-training recipe
 
 
-def _run_fields() -> dict[str, dataclasses.Field]:
-    out: dict[str, dataclasses.Field] = {}
-    for f in fields(RunConfig):
-        if f.name in GROUPS:
-            out.update({f"{f.name}.{g.name}": g for g in fields(GROUPS[f.name])})
-        else:
-            out[f.name] = f
-    return out
-
-
-RUN_KEYS = _run_fields()  # "seed", "search.sparsity", ...
+RUN_KEYS = run_fields()  # "seed", "search.sparsity", ...
 FINAL_KEYS = {f"{FINAL}.{f.name}": f for f in fields(FinalConfig)}  # "final.epochs", ...
 TABLES = (*GROUPS, FINAL)
 
