@@ -12,7 +12,8 @@ from scipy import stats
 from evo_sparse.cli import cli
 from evo_sparse.foundations.presets import final_preset
 from evo_sparse.foundations.storage import write_json
-from evo_sparse.study import plots
+from evo_sparse.study import plot_style, plots
+from evo_sparse.study.plot_style import OKABE_ITO, bars
 
 
 def fabricated_rows(source: str = "runs/weedout_x/seed_0") -> list[dict]:
@@ -153,8 +154,117 @@ def test_plot_refuses_a_folder_it_cannot_read(tmp_path):
 
 
 def test_error_bars_are_never_negative_when_an_estimate_lies_a_rounding_step_outside_its_interval():
-    from evo_sparse.study.plots import _bars
-
-    below, above = _bars([-0.9999999999999999, 0.5], [[-1.0, -1.0], [0.25, 0.75]])
+    below, above = bars([-0.9999999999999999, 0.5], [[-1.0, -1.0], [0.25, 0.75]])
     assert min(below + above) >= 0.0  # matplotlib refuses a negative error bar
     assert above[0] == 0.0 and below[1] == above[1] == 0.25
+
+
+# --- what a reviewer asks of every figure (issue 15): n, training length, colours, markers, references -------------
+
+
+def test_kinds_and_algorithms_have_distinct_colour_blind_safe_colours_and_markers():
+    names = ("found", "random", "dense", "ga", "weedout")
+    colours, markers = [plot_style.color(n) for n in names], [plot_style.marker(n) for n in names]
+    assert len(set(colours)) == len(set(markers)) == len(names)
+    assert set(colours) <= set(OKABE_ITO.values())
+    other = [plot_style.color("cma-es"), plot_style.marker("cma-es")]
+    assert other == [plot_style.color("cma-es"), plot_style.marker("cma-es")]  # fixed by the name, not by the run
+    assert other[0] in OKABE_ITO.values() and other[0] not in colours and other[1] not in markers
+
+
+def test_every_figure_states_n_and_the_training_length(tmp_path):
+    rows = fabricated_rows()
+    for draw in (plots.accuracy_vs_sparsity, plots.early_vs_final, plots.validation_curves, plots.cost_vs_accuracy):
+        sidecar = json.loads(draw(rows, tmp_path).with_suffix(".json").read_text())
+        captions = " ".join(sidecar["captions"])
+        assert "n=" in captions and "4 epochs" in captions, (sidecar["figure"], captions)  # 4 epochs: val_acc's length
+    runs = [summary(a, s) | {"train_images_per_eval": 4096} for a in ("weedout", "ga") for s in (0, 1)]
+    sidecar = json.loads(plots.fitness_over_generations(runs, tmp_path).with_suffix(".json").read_text())
+    assert "n=2 seeds" in " ".join(sidecar["captions"]) and "4,096 images" in " ".join(sidecar["captions"])
+    sidecar = json.loads(plots.best_so_far(comparison(), tmp_path).with_suffix(".json").read_text())
+    assert "n=2 runs" in " ".join(sidecar["captions"]) and "95% t-interval" in " ".join(sidecar["captions"])
+    assert sorted(sidecar["legend"]) == ["ga (n=2 runs)", "weedout (n=2 runs)"]
+
+
+def test_accuracy_vs_sparsity_shows_masks_with_the_mean_and_its_t_interval_and_parameter_sparsity(tmp_path):
+    rows = fabricated_rows()
+    sidecar = json.loads(plots.accuracy_vs_sparsity(rows, tmp_path).with_suffix(".json").read_text())
+    found = sidecar["data"]["found"]
+    points = found["points"][0]
+    assert len(points) == 6 and found["mean"][0] == pytest.approx(sum(points) / 6)
+    half = stats.t.ppf(0.975, 5) * stats.tstd(points) / 6**0.5
+    assert found["low"][0] == pytest.approx(found["mean"][0] - half) and found["high"][0] == pytest.approx(
+        found["mean"][0] + half
+    )
+    assert found["param_sparsity"] == pytest.approx([0.75, 0.99], abs=1e-5)  # params (1 - s)^2 of the dense 700,000
+    assert plot_style.sparsity_label(0.8, {0.8: 0.953}) == "0.8 (0.95 params)"
+    assert plot_style.sparsity_label(0.8, {}) == "0.8" and plot_style.sparsity_label(0.0, {0.0: 0.0}) == "0 (dense)"
+
+
+def test_equal_points_are_set_side_by_side_deterministically():
+    offsets = plot_style.side_by_side([1, 1, 2, 1], [0.5, 0.5, 0.5, 0.7], 0.1)
+    assert offsets.tolist() == pytest.approx([-0.05, 0.05, 0.0, 0.0])
+    assert plot_style.dodge(3, 0.2).tolist() == pytest.approx([-0.1, 0.0, 0.1])
+
+
+def test_early_vs_final_gives_tau_with_its_ci_within_each_kind_as_the_analysis_does(tmp_path):
+    from evo_sparse.stats import analysis
+
+    rows = fabricated_rows()
+    sidecar = json.loads(plots.early_vs_final(rows, tmp_path, brief_images=[4096]).with_suffix(".json").read_text())
+    expected = analysis.analyse(rows)["sparsities"]
+    for panel, a in zip(sidecar["data"], expected):
+        for kind in ("found", "random"):
+            mine, theirs = panel["by_kind"][kind], a["early_vs_final"]["by_kind"][kind]
+            assert mine["n"] == 6 and mine["kendall_tau"] == pytest.approx(theirs["kendall_tau"])
+            assert mine["kendall_tau_ci"] == pytest.approx(theirs["kendall_tau_ci"])
+        assert panel["kendall_tau_ci"] == pytest.approx(a["early_vs_final"]["kendall_tau_ci"])
+    assert any(label.startswith("found: τ +1.00") for label in sidecar["legend"])
+    assert "4,096 training images" in sidecar["captions"][0]
+
+
+def test_validation_band_is_the_t_interval_of_the_mean_over_masks_and_says_so(tmp_path):
+    rows = fabricated_rows()
+    sidecar = json.loads(plots.validation_curves(rows, tmp_path).with_suffix(".json").read_text())
+    found = next(d for d in sidecar["data"] if d["kind"] == "found" and d["sparsity"] == 0.5)
+    last = [r["val_acc"][-1] for r in rows if r["kind"] == "found" and r["sparsity"] == 0.5]
+    per_mask = [(a + b) / 2 for a, b in zip(last[::2], last[1::2])]  # a mask's two training seeds are adjacent rows
+    half = stats.t.ppf(0.975, 5) * stats.tstd(per_mask) / 6**0.5
+    assert found["n"] == 6 and found["trainings"] == 12 and found["high"][-1] - found["mean"][-1] == pytest.approx(half)
+    assert "band: 95% t-interval" in sidecar["captions"][0]
+
+
+def test_fitness_over_generations_draws_the_noise_of_one_fitness(tmp_path):
+    measured = [summary("ga", s) | {"noise": {"measured": True, "fitness_sd": 0.004}} for s in (0, 1)]
+    sidecar = json.loads(plots.fitness_over_generations(measured, tmp_path).with_suffix(".json").read_text())
+    (line,) = sidecar["data"]
+    assert line["noise"]["kind"] == "replicates" and line["noise_half_width"] == pytest.approx([0.004] * 4)
+    assert "± 1 SD of one fitness value" in " ".join(sidecar["captions"])
+    unmeasured = []
+    for s in (0, 1):  # no replicates: the binomial SE on the validation images the run's config names
+        run = summary("weedout", s) | {"run_dir": str(tmp_path / f"weedout_{s}"), "noise": {"measured": False}}
+        write_json(Path(run["run_dir"]) / "config.json", {"data": {"val_size": 5000}, "train": {"val_images": 1000}})
+        unmeasured.append(run)
+    sidecar = json.loads(plots.fitness_over_generations(unmeasured, tmp_path).with_suffix(".json").read_text())
+    (line,) = sidecar["data"]
+    p = line["best"]
+    assert line["noise"] == {"kind": "binomial", "val_images": 1000}
+    assert line["noise_half_width"] == pytest.approx([(q * (1 - q) / 1000) ** 0.5 for q in p])
+    assert "binomial SE" in " ".join(sidecar["captions"])
+
+
+def test_best_so_far_draws_pure_random_search_from_generation_0_and_reads_old_comparisons(tmp_path):
+    from evo_sparse.stats.reference import expected_best_of_n
+
+    c = comparison() | {"budget_trainings": 3}
+    values = [0.1, None, 0.2, 0.25, 0.3, 0.15]
+    m = sum(v is not None for v in values)
+    c["random_reference"] = {"values": m, "expected_best": expected_best_of_n(values, 3)}
+    sidecar = json.loads(plots.best_so_far(c, tmp_path / "new").with_suffix(".json").read_text())
+    assert sidecar["random_reference"]["expected_best"] == pytest.approx(expected_best_of_n(values, 3))
+    assert sidecar["budget_trainings"] == 3 and sidecar["data"] == c["bands"]
+    assert "expected best of N i.i.d. random masks\n(gen-0 distribution, m=5 values)" in sidecar["legend"]
+    assert "trainings" in sidecar["captions"][0] and "of 3 trainings" in sidecar["captions"][0]
+    old = comparison() | {"budget_evaluations": 3}  # written before budget_trainings and the reference
+    sidecar = json.loads(plots.best_so_far(old, tmp_path / "old").with_suffix(".json").read_text())
+    assert sidecar["budget_trainings"] == 3 and sidecar["random_reference"] is None
