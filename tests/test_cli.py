@@ -116,6 +116,7 @@ def test_every_run_option_maps_to_a_config_field():
         "data.synthetic_train",
         "train.momentum",
         "train.eval_batch_size",
+        "search.algorithm_source",  # set by evo-sparse from the plug-in, never by the user
     }
     help_text = invoke("run", "--help").stdout
     assert all(f"--{option}" in help_text for option in [*RUN_OPTIONS, "preset"])

@@ -82,8 +82,8 @@ def test_toml_tables_map_to_the_config_groups(tmp_path):
         ("[model]\nname = 16\n", "--config exp.toml: model.name must be a string, not 16"),
         ("search = 0.5\n", "--config exp.toml: search must be a table ([search] with its settings below), not 0.5"),
         (
-            "[search]\nalgorithm = 'gaa'\n",
-            "--config exp.toml: search.algorithm must be one of weedout, ga, not 'gaa'; did you mean 'ga'?",
+            "[search]\nsampling = 'globl'\n",
+            "--config exp.toml: search.sampling must be one of layerwise, global, not 'globl'; did you mean 'global'?",
         ),
         ("preset = 'smok'\n", "--config exp.toml: preset must be one of smoke, cpu, paper, not 'smok'; did you mean"),
         ("seed = \n", "--config exp.toml: is not valid TOML (Invalid value (at line 1, column 8))"),

@@ -95,7 +95,7 @@ def test_a_comparison_and_its_runs(runs):
     entries = list_folders(runs)
     (comparison,) = [e for e in entries if e["kind"] == "compare"]
     saved = json.loads((runs / comparison["folder"] / "comparison.json").read_text())
-    assert comparison["status"] == "finished" and comparison["progress"] == "2 runs of 2 evaluations"
+    assert comparison["status"] == "finished" and comparison["progress"] == "2 runs of 2 trainings"
     assert comparison["best"] == max(r["best"] for r in saved["runs"])
     assert comparison["settings"] == {"algorithms": "weedout,ga", "generations": 1, "population": 2}
     ga = [e for e in entries if e["folder"].startswith("ga_")]

@@ -365,6 +365,7 @@ def session(tmp_path_factory) -> Session:
     cwd = tmp_path_factory.mktemp("readme")
     for name, text in readme_files().items():
         (cwd / name).write_text(text)
+    shutil.copytree(ROOT / "examples", cwd / "examples")  # --algorithm examples.<module>:<name>, found from the cwd
     return Session(cwd)
 
 

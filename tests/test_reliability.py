@@ -218,7 +218,7 @@ def test_out_of_memory_is_retried_once_at_half_the_batch(evaluator, monkeypatch)
     assert normal["batch_size"] == 32 and retried["batch_size"] == 16 and retried["status"] == "ok"
     assert retried["train_images"] == normal["train_images"] == 512 and 0 <= retried["fitness"] <= 1
     stream = ev.replicates[0].stream
-    halved, cfg = ev._rebatched(stream, 16)
+    halved, cfg = ev._rebatched(stream, 16, ev.cfg.train)
     assert torch.equal(halved.x.flatten(0, 1), stream.x.flatten(0, 1)) and halved.x.shape[1] == cfg.batch_size == 16
 
 

@@ -197,12 +197,13 @@ def test_compare_prints_p_values_and_draws_best_so_far(tmp_path):
     args += ["--train-images", "64", "--val-size", "100"]  # the tiniest networks and trainings: plumbing only
     result = invoke(*args, "--workers", "1", "--quiet", "--runs-dir", str(tmp_path))
     folder = last_line(result)
-    assert "ga vs weedout: Mann-Whitney U p = " in result.stdout and "budget: 6 fitness evaluations" in result.stdout
+    assert "ga vs weedout: Mann-Whitney U p = " in result.stdout and "budget: 6 trainings of 64 images" in result.stdout
     c = json.loads((folder / "comparison.json").read_text())
-    assert c["budget_evaluations"] == 6 and len(c["runs"]) == 4
+    assert c["budget_trainings"] == 6 and len(c["runs"]) == 4
     for r in c["runs"]:
-        assert len(r["curve"]) == r["evaluations"] and r["curve"] == sorted(r["curve"])  # best so far never drops
-        assert r["evaluations"] == 6 or any(f"{r['algorithm']} seed {r['seed']}" in n for n in c["notes"])
+        assert len(r["curve"]) == int(r["trainings"]) and r["curve"] == sorted(r["curve"])  # best so far never drops
+        assert r["trainings"] <= 6  # no algorithm spends past the budget
+        assert r["trainings"] == 6 or any(f"{r['algorithm']} seed {r['seed']}" in n for n in c["notes"])
     assert c["tests"][0]["p_value"] is not None
     for name in ("best_so_far", "fitness_over_generations"):
         assert (folder / f"{name}.png").exists() and (folder / f"{name}.pdf").exists()
@@ -248,4 +249,4 @@ def test_compare_smoke_command_of_the_issue(tmp_path):
     folder = last_line(result)
     assert "Mann-Whitney U p = " in result.stdout and (folder / "best_so_far.png").exists()
     c = json.loads((folder / "comparison.json").read_text())
-    assert c["budget_evaluations"] == 12 and all(r["evaluations"] == 12 for r in c["runs"])
+    assert c["budget_trainings"] == 12 and all(r["trainings"] == 12 for r in c["runs"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from evo_sparse.cli.list_command import list_runs
+from evo_sparse.cli.list_command import algorithms, list_runs
 from evo_sparse.cli.options import FINAL_OPTIONS, RUN_OPTIONS, OneLineErrors, build_config
 from evo_sparse.cli.search_commands import bench, run, show
 from evo_sparse.cli.study_commands import compare, fidelity, final, paper, plot
@@ -19,7 +19,7 @@ def cli():
     """Random Search (Weedout) and GA over node masks of a network (a Wide ResNet by default), scored on CIFAR-10."""
 
 
-for command in (run, show, bench, final, paper, compare, fidelity, plot, list_runs):
+for command in (run, show, bench, final, paper, compare, fidelity, plot, list_runs, algorithms):
     cli.add_command(command)
 
 main = cli

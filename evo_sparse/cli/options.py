@@ -14,7 +14,7 @@ import sys
 import click
 
 from evo_sparse.cli.settings_file import config_options
-from evo_sparse.foundations.config import ALGORITHMS, BACKENDS, CROSSOVERS, DATASETS, SAMPLINGS, RunConfig, field_help
+from evo_sparse.foundations.config import BACKENDS, CROSSOVERS, DATASETS, SAMPLINGS, RunConfig, field_help
 from evo_sparse.foundations.config_files import ConfigFile
 from evo_sparse.foundations.errors import ConfigError, EvoSparseError, Terminated
 from evo_sparse.foundations.presets import PRESETS, preset
@@ -26,7 +26,9 @@ RUN_OPTIONS: dict[str, tuple[str, click.ParamType]] = {
     "pop": ("search.population", click.INT),
     "keep": ("search.keep", click.INT),
     "sparsity": ("search.sparsity", click.FLOAT),
-    "algorithm": ("search.algorithm", click.Choice(ALGORITHMS)),
+    "algorithm": ("search.algorithm", click.STRING),
+    "algo-opt": ("search.algo_opts", click.STRING),
+    "budget": ("search.budget", click.FLOAT),
     "sampling": ("search.sampling", click.Choice(SAMPLINGS)),
     "crossover": ("search.crossover", click.Choice(CROSSOVERS)),
     "cxpb": ("search.cxpb", click.FLOAT),
@@ -141,6 +143,7 @@ def build_config(preset_name: str | None, options: dict, file: ConfigFile | None
     cfg = preset(name)
     if file is not None:
         cfg = file.run_config(cfg)
+    options = {k: (",".join(v) or None) if isinstance(v, tuple) else v for k, v in options.items()}
     given = {RUN_OPTIONS[k.replace("_", "-")][0]: v for k, v in options.items() if v is not None}
     if given.get("data.path") and (given.get("data.dataset") or cfg.data.dataset) == "synthetic":
         raise ConfigError(f"--data has no effect with synthetic data (preset {name}); add --dataset cifar10 or drop it")
@@ -156,6 +159,8 @@ def _run_option(name: str, key: str, kind: click.ParamType):
     """One of RUN_OPTIONS as a click option (a flag for a boolean); None when not given, so the preset's value holds."""
     if kind is click.BOOL:
         return click.option(f"--{name}", is_flag=True, default=None, help=field_help(key))
+    if key == "search.algo_opts":  # repeatable: --algo-opt eta=3 --algo-opt rungs=2
+        return click.option(f"--{name}", multiple=True, default=None, help=field_help(key) + "; may be repeated")
     return click.option(f"--{name}", type=kind, default=None, help=field_help(key))
 
 

@@ -125,8 +125,13 @@ def paper(
 
 
 @click.command()
-@some_run_options("algorithm", "seed")
-@click.option("--algorithms", default="weedout,ga", help="comma-separated algorithms; the first is the baseline")
+@some_run_options("algorithm", "algo-opt", "budget", "seed")
+@click.option(
+    "--algorithms",
+    default="weedout,ga",
+    help="comma-separated algorithms, the first the baseline: built-ins, installed plug-ins or package.module:name, "
+    "each with its options as name[key=value,...]",
+)
 @click.option("--runs", type=click.IntRange(1), default=5, help="independent runs (seeds 0..N-1) per algorithm")
 @click.option(
     "--final-train", is_flag=True, help="also fully train each run's best --final-masks masks (default 1) and test them"
@@ -145,13 +150,13 @@ def compare(
     quiet: bool,
     **options,
 ):
-    """GA vs Random Search at an equal budget of fitness evaluations: best-so-far curves and tests; prints the
-    comparison folder last."""
+    """Search algorithms (GA, a plug-in of yours) against Random Search at an equal budget of trainings, on the same
+    seeds: best-so-far curves, the expected best of random masks, paired and unpaired tests; prints the comparison
+    folder last."""
     from evo_sparse.study.compare import compare as run_compare
-    from evo_sparse.study.compare import format_comparison
-    from evo_sparse.study.paper import parse_list
+    from evo_sparse.study.compare import format_comparison, parse_algorithms
 
-    names = parse_list(algorithms, "algorithms", str)
+    names = parse_algorithms(algorithms)
     run_opts, final_opts = _split(options)
     file = read_file(config)
     cfg = build_config(preset, run_opts, file)

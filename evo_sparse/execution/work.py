@@ -106,15 +106,21 @@ def evaluation(cfg: RunConfig) -> Work:
         args=(cfg.to_dict(),),
         warm=f"{__name__}:evaluator",
         pack=pack_size(cfg),
-        prepare=list,  # a DEAP individual as a plain list of bits
+        prepare=_item,
         lost=functools.partial(_lost_evaluation, cfg),
     )
 
 
-def _lost_evaluation(cfg: RunConfig, genome, reason: str):
-    from evo_sparse.training.fitness import lost_record
+def _item(individual) -> list[int] | tuple[list[int], int]:
+    """A DEAP individual as a plain list of bits, paired with its training length when it asks for its own."""
+    images = getattr(individual, "images", None)
+    return list(individual) if images is None else (list(individual), images)
 
-    return lost_record(cfg, genome, reason)
+
+def _lost_evaluation(cfg: RunConfig, item, reason: str):
+    from evo_sparse.training.fitness import lost_record, split_item
+
+    return lost_record(cfg, split_item(item)[0], reason)
 
 
 _worker: dict[str, Any] = {}
@@ -144,7 +150,8 @@ def evaluate_genomes(cfg_dict, device: str, genomes: list[list[int]], attempt: i
     evaluate = evaluator(cfg_dict, device, splits)
     if attempt is not None and faults.spec():
         from evo_sparse.models.masks import Mask
+        from evo_sparse.training.fitness import split_item
 
-        for genome in filter(None, genomes):
-            faults.crash_worker(_worker["seed"], Mask(evaluate.layout, tuple(genome)).encode(), attempt)
+        for item in filter(None, genomes):
+            faults.crash_worker(_worker["seed"], Mask(evaluate.layout, tuple(split_item(item)[0])).encode(), attempt)
     return evaluate.evaluate_genomes(genomes)

@@ -14,7 +14,7 @@ from typing import Any
 from evo_sparse.foundations.errors import ConfigError
 from evo_sparse.foundations.paths import short_hash
 
-ALGORITHMS = ("weedout", "ga")
+ALGORITHMS = ("weedout", "ga")  # the built-ins; ``search.plugins`` resolves any other name
 SAMPLINGS = ("layerwise", "global")
 CROSSOVERS = ("unit", "uniform")
 DATASETS = ("cifar10", "synthetic")
@@ -84,7 +84,24 @@ class TrainConfig:
 class SearchConfig:
     """The generational loop: Weedout (Random Search) or a GA over node masks."""
 
-    algorithm: str = _f("weedout", "weedout (random restarts = Random Search) or ga", choices=ALGORITHMS)
+    algorithm: str = _f(
+        "weedout",
+        "weedout (random restarts = Random Search), ga, an installed plug-in's name (evo-sparse algorithms lists "
+        "them) or package.module:name",
+    )
+    algo_opts: str = _f(
+        "", "the algorithm's own settings as key=value pairs, comma-separated; checked by the algorithm"
+    )
+    algorithm_source: str = _f(
+        "",
+        "set by evo-sparse, not an option: a plug-in's version and source fingerprint, so that a changed plug-in "
+        "never resumes a run of the old one",
+    )
+    budget: float = _f(
+        0.0,
+        "trainings a run may spend (a brief training of --train-images counts 1, a shorter one its share, a mask "
+        "already evaluated in the run 0); 0 = the generations decide (ask/tell plug-ins: P + (G-1)(P-K), Weedout's)",
+    )
     population: int = _f(20, "population size P")
     keep: int = _f(0, "best individuals kept each generation K; 0 = P/2")
     generations: int = _f(10, "generations, counting the initial random one")
@@ -95,7 +112,10 @@ class SearchConfig:
     crossover: str = _f("unit", "ga only: unit (swap whole units) or uniform (then repaired)", choices=CROSSOVERS)
     cxpb: float = _f(0.5, "ga only: probability that a pair of offspring is crossed")
     mutpb: float = _f(0.3, "ga only: probability that an offspring is mutated")
-    swap_prob: float = _f(0.1, "ga only: per-unit probability of one keep/drop swap in a mutation")
+    swap_prob: float = _f(
+        0.1,
+        "ga only: mutation strength: per-unit probability of a keep/drop swap; a mutation always makes at least one",
+    )
     tournament: int = _f(3, "ga only: tournament size for choosing parents")
     max_failed_share: float = _f(
         0.5, "stop (resumably) once more than this share of all evaluations failed; 1 = never stop", hash=False
@@ -105,6 +125,16 @@ class SearchConfig:
     def survivors(self) -> int:
         """K, the number kept each generation (P/2 when ``keep`` is 0)."""
         return self.keep or self.population // 2
+
+    @property
+    def trainings(self) -> float:
+        """The trainings a run plans: its ``budget``, else Weedout's P + (G-1)(P-K) (for a GA, an upper bound)."""
+        return self.budget or self.weedout_trainings
+
+    @property
+    def weedout_trainings(self) -> int:
+        """P + (G-1)(P-K): the trainings Weedout spends in ``generations`` (the equal budget of a comparison)."""
+        return self.population + (self.generations - 1) * (self.population - self.survivors)
 
 
 @dataclass(frozen=True)
@@ -194,69 +224,15 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Raise ConfigError naming the first bad setting and what to use instead; return self."""
-        for key, value in flat_items(self).items():
-            choices = _FIELDS[key].metadata.get("choices")
-            if choices and value not in choices:
-                raise ConfigError(f"--{_opt(key)} must be one of {', '.join(choices)}, not {value!r}")
-        s, m, t = self.search, self.model, self.train
-        # the depth is the model's to check (models.registry): each network has its own
-        _check(m.width >= 1, "width", f"must be at least 1, not {m.width}")
-        _check(0 <= self.seed < 2**32, "seed", f"must be an integer in 0..2**32-1 (numpy's range), not {self.seed}")
-        _check(s.population >= 2, "pop", f"must be at least 2, not {s.population}")
-        _check(
-            0 <= s.keep < s.population, "keep", f"must be in 1..pop-1 = 1..{s.population - 1} (0 = pop/2), not {s.keep}"
-        )
-        _check(s.survivors >= 1, "keep", "leaves no survivors; use --pop of at least 2")
-        _check(s.generations >= 1, "generations", f"must be at least 1, not {s.generations}")
-        _check(0.0 <= s.sparsity < 1.0, "sparsity", f"must be in [0, 1) (fraction of nodes removed), not {s.sparsity}")
-        _check(0.0 <= s.cxpb <= 1.0 and 0.0 <= s.mutpb <= 1.0, "cxpb", "and --mutpb must be probabilities in [0, 1]")
-        _check(0.0 <= s.swap_prob <= 1.0, "swap-prob", f"must be in [0, 1], not {s.swap_prob}")
-        _check(s.tournament >= 1, "tournament", f"must be at least 1, not {s.tournament}")
-        _check(0.0 <= s.max_failed_share <= 1.0, "max-failed-share", f"must be in [0, 1], not {s.max_failed_share}")
-        _check(t.train_images >= t.batch_size >= 1, "train-images", f"must be at least --batch-size ({t.batch_size})")
-        _check(t.lr > 0 and 0 <= t.warmup < 1, "lr", "must be positive (and --warmup in [0, 1))")
-        _check(self.workers >= 0, "workers", f"must be 0 (one per core) or more, not {self.workers}")
-        _check(
-            self.backend != "local" or self.workers <= 1,
-            "workers",
-            f"{self.workers} needs --backend process or ray (--backend local evaluates in this process)",
-        )
-        _check(self.backend == "ray" or not self.address, "address", "is for --backend ray; add --backend ray")
-        _check(
-            0 < self.gpus_per_task <= 1, "gpus-per-task", f"must be in (0, 1] (of one GPU), not {self.gpus_per_task}"
-        )
-        _check(
-            self.backend == "ray" or self.gpus_per_task == 1, "gpus-per-task", "is for --backend ray; add --backend ray"
-        )
-        _check(self.max_retries >= 0, "max-retries", f"must be 0 or more, not {self.max_retries}")
-        _check(
-            self.eval_timeout >= 0, "eval-timeout", f"must be 0 (automatic) or more seconds, not {self.eval_timeout}"
-        )
-        _check(t.val_images >= 0 and t.eval_batch_size >= 1, "val-images", "must be 0 (all) or positive")
-        _check(
-            t.replicates >= 1, "replicates", f"must be at least 1 (1 = one training per fitness), not {t.replicates}"
-        )
-        _check(t.pack >= 1, "pack", f"must be at least 1 (1 = one network at a time), not {t.pack}")
-        _check(
-            0 < self.data.val_size < 50_000 and self.data.val_size % 10 == 0,
-            "val-size",
-            f"must be a positive multiple of 10 below 50000, not {self.data.val_size}",
-        )
+        from evo_sparse.foundations.validation import check_run
+
+        check_run(self)
         return self
 
 
 def pack_size(cfg: RunConfig) -> int:
     """Individuals trained together (``--pack``): equal widths only, so global sampling trains one at a time."""
     return cfg.train.pack if cfg.search.sampling == "layerwise" else 1
-
-
-def _check(ok: bool, option: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"--{option} {message}")
-
-
-def _opt(key: str) -> str:
-    return key.split(".")[-1].replace("_", "-")
 
 
 def flat_items(cfg: RunConfig) -> dict[str, Any]:
@@ -370,18 +346,9 @@ class FinalConfig:
 
     def validate(self) -> FinalConfig:
         """Raise ConfigError naming the first bad setting; return self."""
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
-        _check(self.epochs >= 1, "epochs", f"must be at least 1, not {self.epochs}")
-        _check(self.batch_size >= 1, "final-batch-size", f"must be at least 1, not {self.batch_size}")
-        _check(self.lr > 0, "final-lr", f"must be positive, not {self.lr}")
-        _check(0 <= self.warmup < 1, "final-warmup", f"must be in [0, 1), not {self.warmup}")
-        _check(0 < self.gamma <= 1, "gamma", f"must be in (0, 1], not {self.gamma}")
-        _check(self.weight_decay >= 0, "final-weight-decay", f"must be 0 or more, not {self.weight_decay}")
-        _check(0 <= self.label_smoothing < 1, "final-label-smoothing", f"must be in [0, 1), not {self.label_smoothing}")
-        _check(self.eval_batch_size >= 1, "eval-batch-size", f"must be at least 1, not {self.eval_batch_size}")
-        _check(self.masks >= 0, "final-masks", f"must be 0 (the run's --keep) or more, not {self.masks}")
-        _check(self.seeds >= 1, "final-seeds", f"must be at least 1, not {self.seeds}")
+        from evo_sparse.foundations.validation import check_final
+
+        check_final(self)
         return self
 
 

@@ -23,3 +23,7 @@ class FailedEvaluationsError(EvoSparseError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived (a scheduler's stop, ``kill``, ``timeout``): unwinds like Ctrl-C, so finished work is kept."""
+
+
+class AlgorithmError(EvoSparseError):
+    """A search algorithm (a plug-in) raised or broke its contract (a mask of the wrong size or sparsity, no mask)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,7 +65,13 @@ class RunPaths:
 
 def run_folder(cfg: RunConfig) -> Path:
     """A search's folder: ``<runs_dir>/<algorithm>_<hash of its non-default settings>/seed_<seed>``."""
-    return Path(cfg.runs_dir) / f"{cfg.search.algorithm}_{cfg.run_hash()}" / seed_folder(cfg.seed)
+    return Path(cfg.runs_dir) / f"{algorithm_slug(cfg.search.algorithm)}_{cfg.run_hash()}" / seed_folder(cfg.seed)
+
+
+def algorithm_slug(name: str) -> str:
+    """An algorithm's name as a folder name: ``weedout``; ``examples.local_search:search`` gives
+    ``examples_local_search_search``."""
+    return re.sub(r"\W+", "_", name).strip("_") or "algorithm"
 
 
 def dense_folder(cfg: RunConfig, runs_dir: Path) -> Path:

@@ -103,8 +103,11 @@ def set_rng_state(saved: dict[str, Any]) -> None:
 # --- save, read, restore ----------------------------------------------------------------------------------------------
 
 
-def save(path: Path, cfg: RunConfig, state: SearchState, layout: Layout, evaluations: int) -> None:
-    """Write the state after a generation, atomically; ``evaluations`` is the journal's length at that point."""
+def save(
+    path: Path, cfg: RunConfig, state: SearchState, layout: Layout, evaluations: int, kind: str = "builtin"
+) -> None:
+    """Write the state after a generation, atomically; ``evaluations`` is the number of journal rows it covers, ``kind``
+    the algorithm's (``plugins``: an ask/tell run's generations are its asks, of any size and number)."""
 
     def entry(ind) -> dict[str, Any]:
         return {"mask": Mask(layout, tuple(ind)).encode(), "record": ind.record}
@@ -115,6 +118,8 @@ def save(path: Path, cfg: RunConfig, state: SearchState, layout: Layout, evaluat
             "schema": SCHEMA_VERSION,
             "settings": cfg.hashed_items(),
             "next_generation": state.generation,
+            "finished": state.finished,
+            "kind": kind,
             "evaluations": evaluations,
             "population": [entry(ind) for ind in state.population],
             "hall_of_fame": [entry(ind) for ind in state.hall_of_fame],
@@ -147,13 +152,23 @@ def read(path: Path, cfg: RunConfig, layout: Layout) -> dict[str, Any]:
     return ckpt
 
 
+def finished(ckpt: dict[str, Any], cfg: RunConfig) -> bool:
+    """Whether a checkpoint read by ``read`` is of a finished run: the budget spent, or every generation done (an
+    ask/tell run has no generations: its asks go on until the budget is spent)."""
+    if ckpt.get("finished"):
+        return True
+    return ckpt.get("kind") != "ask/tell" and ckpt["next_generation"] >= cfg.search.generations
+
+
 def _problem(ckpt: dict[str, Any], cfg: RunConfig, layout: Layout) -> str | None:
     s = cfg.search
     gen, evaluations = ckpt["next_generation"], ckpt["evaluations"]
-    if not isinstance(gen, int) or not 1 <= gen <= s.generations:
+    asks = ckpt.get("kind") == "ask/tell"  # any number of asks, of any size
+    if not isinstance(gen, int) or not 1 <= gen <= (gen if asks else s.generations):
         return f"next_generation {gen!r} is not in 1..{s.generations}"
-    if len(ckpt["population"]) != s.population:
-        return f"its population holds {len(ckpt['population'])} masks, the run's --pop is {s.population}"
+    size, whole = len(ckpt["population"]), not (asks or ckpt.get("finished"))  # the budget may cut the last one
+    if (size != s.population) if whole else (size > s.population and not asks):
+        return f"its population holds {size} masks, the run's --pop is {s.population}"
     if len(ckpt["hall_of_fame"]) > s.survivors:
         return f"its hall of fame holds {len(ckpt['hall_of_fame'])} masks, more than --keep {s.survivors}"
     for entry in ckpt["population"] + ckpt["hall_of_fame"]:
@@ -178,7 +193,11 @@ def restore(ckpt: dict[str, Any], layout: Layout, hof_size: int) -> SearchState:
         assign(ind, entry["record"])
         return ind
 
-    state = SearchState(generation=ckpt["next_generation"], population=[individual(e) for e in ckpt["population"]])
+    state = SearchState(
+        generation=ckpt["next_generation"],
+        finished=bool(ckpt.get("finished")),
+        population=[individual(e) for e in ckpt["population"]],
+    )
     state.hall_of_fame = tools.HallOfFame(hof_size)
     for ind in map(individual, ckpt["hall_of_fame"]):  # stored best first; keys are kept in ascending order
         state.hall_of_fame.items.append(ind)

@@ -166,7 +166,7 @@ def _comparison(folder: Path) -> dict[str, Any]:
         "status": "finished",
         "preset": cfg.preset,
         "settings": {"algorithms": ",".join(c["algorithms"])} | _settings(cfg, ("search.algorithm",)),
-        "progress": f"{len(c['runs'])} runs of {c['budget_evaluations']} evaluations",
+        "progress": f"{len(c['runs'])} runs of {c.get('budget_trainings', c.get('budget_evaluations'))} trainings",
         "best": max(best) if best else None,
     }
 

@@ -30,26 +30,26 @@ import torch
 
 from evo_sparse import __version__
 from evo_sparse.foundations.config import RunConfig
-from evo_sparse.foundations.errors import ConfigError, EvoSparseError, FailedEvaluationsError, RunStateError
+from evo_sparse.foundations.errors import ConfigError, EvoSparseError, RunStateError
 from evo_sparse.foundations.paths import RunPaths, run_folder
 from evo_sparse.foundations.progress import Progress
 from evo_sparse.foundations.seeds import seed_everything
 from evo_sparse.foundations.storage import (
     SCHEMA_VERSION,
-    append_jsonl,
     folder_lock,
     read_json,
     read_jsonl,
     remove_temp_files,
     write_json,
 )
-from evo_sparse.models.masks import ENCODING_PREFIX, Layout, Mask
+from evo_sparse.models.masks import Layout
 from evo_sparse.models.registry import architecture
 from evo_sparse.runs import checkpoint, tensorboard
+from evo_sparse.runs.journal import Journal, shared_scores, trainings
+from evo_sparse.search import asktell, plugins
 from evo_sparse.search.algorithms import Hooks, SearchState, evolve, make_toolbox
 from evo_sparse.stats.measurement import run_noise
 from evo_sparse.training.data import load_splits
-from evo_sparse.training.records import STATUSES
 
 
 def layout_of(cfg: RunConfig) -> Layout:
@@ -88,6 +88,7 @@ def check_config(paths: RunPaths, cfg: RunConfig) -> bool:
 
 def search_finished(cfg: RunConfig) -> bool:
     """Whether the search ``cfg`` names has done every generation (its folder's config and checkpoint checked)."""
+    cfg = plugins.identify(cfg)[0]
     paths = RunPaths(run_folder(cfg))
     return check_config(paths, cfg) and is_finished(paths, cfg, layout_of(cfg))
 
@@ -96,101 +97,7 @@ def is_finished(paths: RunPaths, cfg: RunConfig, layout: Layout) -> bool:
     """True when the folder's checkpoint (checked against ``cfg``) has done every generation."""
     if not paths.checkpoint.exists():
         return False
-    return checkpoint.read(paths.checkpoint, cfg, layout)["next_generation"] >= cfg.search.generations
-
-
-# journal row fields that are not the evaluation's record: where it sits, and how it went (``retries``: times its
-# worker died and it was started again, see ``backends``), which must not make results differ between backends
-_ROW_META = ("schema", "gen", "index", "retries", "mask", "reused")
-
-
-class Journal:
-    """The evaluations file: one row per evaluation, appended as soon as the evaluation finishes.
-
-    Rows after the checkpoint's count belong to the generation that was running when the run stopped; they are
-    reused when the same individual (same generation, position and mask) comes up again, and never written twice.
-    With worker processes rows are written in the order evaluations finish, so a kill loses no finished evaluation.
-    """
-
-    def __init__(self, path: Path, layout: Layout, checkpointed: int):
-        self.path, self.layout, self.gen = path, layout, 0
-        self.on_row: Callable[[int, dict[str, Any]], None] = lambda step, row: None  # (its line, from 0; the row)
-        rows = read_jsonl(path)
-        prefix = f"{ENCODING_PREFIX}{layout.fingerprint()}:"
-        for n, row in enumerate(rows, start=1):
-            checkpoint.check_schema(row.get("schema"), path, f"line {n} of the journal")
-            if not (
-                isinstance(row.get("gen"), int)
-                and isinstance(row.get("index"), int)
-                and str(row.get("mask")).startswith(prefix)
-                and row.get("status") in STATUSES
-            ):
-                raise RunStateError(
-                    f"journal {path} line {n} is not an evaluation of this run's network; restore the journal "
-                    "or delete the run folder"
-                )
-        if len(rows) < checkpointed:
-            raise RunStateError(
-                f"journal {path} holds {len(rows)} evaluations but the checkpoint counts {checkpointed}: it was cut "
-                "short or replaced; restore it or delete the run folder"
-            )
-        self.rows = len(rows)
-        self.failed = [row.get("reason") for row in rows if row["status"] != "ok"]
-        self.pending = {(r["gen"], r["index"]): r for r in rows[checkpointed:]}
-
-    def append(self, index: int, record: dict[str, Any]) -> dict[str, Any]:
-        row = {"schema": SCHEMA_VERSION, "gen": self.gen, "index": index, "retries": 0} | record
-        append_jsonl(self.path, [row])
-        self.on_row(self.rows, row)
-        self.rows += 1
-        if row.get("status") != "ok":
-            self.failed.append(row.get("reason"))
-        return row
-
-    def wrap(self, inner_map: Callable, unordered: Callable | None = None) -> Callable:
-        """A ``toolbox.map`` that takes pending rows first, evaluates the rest with ``inner_map`` and journals each
-        result; it yields in input order. ``unordered(individuals)``, when given, yields ``(position, record)`` as
-        evaluations finish, so each is journaled at once."""
-
-        def journaled_map(func, individuals):
-            keys = [Mask(self.layout, tuple(ind)).encode() for ind in individuals]
-            ready = {
-                i: dict(row, reused=True)
-                for i, k in enumerate(keys)
-                if (row := self.pending.get((self.gen, i), {})).get("mask") == k
-            }
-            todo = [i for i in range(len(keys)) if i not in ready]
-            subset = [individuals[i] for i in todo]
-            finished = unordered(subset, todo) if unordered else enumerate(inner_map(func, subset))
-            nxt = 0
-            for j, record in finished:
-                ready[todo[j]] = self.append(todo[j], dict(record, mask=keys[todo[j]]))
-                while nxt in ready:
-                    yield ready.pop(nxt)
-                    nxt += 1
-            while nxt in ready:
-                yield ready.pop(nxt)
-                nxt += 1
-
-        return journaled_map
-
-    @staticmethod
-    def kept(row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """(the record as individuals keep it, whether it was reused from an earlier start) of a ``wrap`` result."""
-        return {k: v for k, v in row.items() if k not in _ROW_META}, bool(row.get("reused"))
-
-    def check_failures(self, limit: float) -> None:
-        """FailedEvaluationsError when more than the share ``limit`` of all evaluations so far failed."""
-        if self.rows and len(self.failed) / self.rows > limit:
-            raise FailedEvaluationsError(self.failure_summary(limit))
-
-    def failure_summary(self, limit: float) -> str:
-        share = len(self.failed) / self.rows
-        return (
-            f"{len(self.failed)} of {self.rows} evaluations failed ({share:.0%}), more than --max-failed-share "
-            f"{limit:g} (last reason: {self.failed[-1]}); every reason is in {self.path}. Fix the cause, or allow more "
-            "with --max-failed-share, and run the same command to resume"
-        )
+    return checkpoint.finished(checkpoint.read(paths.checkpoint, cfg, layout), cfg)
 
 
 def execute(
@@ -202,17 +109,19 @@ def execute(
 ) -> Path:
     """Run (or resume, or skip when finished) the search ``cfg`` describes; return its folder.
 
-    ``customize(toolbox)`` may register other DEAP operators (``mate``, ``mutate``, ``select``, ``select_parents``)
-    before the loop starts. The run folder does not know about them: give such runs their own ``runs_dir``.
-    Raises EvoSparseError subclasses (one line for the user) for bad settings, bad data, a run folder in use, damaged
-    or foreign state files, a folder that cannot be written, and too many failed evaluations; every file on disk is
-    left as it was, except that a torn last journal line and stray temp files from a crash are removed.
+    ``cfg.search.algorithm`` is a built-in or a plug-in (``search.plugins``); the folder's hash includes a plug-in's
+    options and source. ``customize(toolbox)`` may register other DEAP operators (``mate``, ``mutate``, ``select``,
+    ``select_parents``) before the loop starts; the run folder does not know about them: give such runs their own
+    ``runs_dir``, or make them a plug-in. Raises EvoSparseError subclasses (one line for the user) for bad settings, a
+    plug-in that cannot be had or breaks its contract, bad data, a run folder in use, damaged or foreign state files, a
+    folder that cannot be written, and too many failed evaluations; every file on disk is left as it was, except that
+    a torn last journal line and stray temp files from a crash are removed.
     """
     from evo_sparse.execution import backends
     from evo_sparse.foundations.devices import resolve_device
 
     backends.refuse_while_bootstrapping()
-    cfg.validate()
+    cfg, algorithm, options = plugins.identify(cfg.validate())
     paths = RunPaths(run_folder(cfg))
     layout = layout_of(cfg)
     board = tensorboard.RunBoard.open(cfg, paths)  # None without --tensorboard; ConfigError without TensorBoard
@@ -226,28 +135,38 @@ def execute(
         )
     where = backends.plan(cfg, device)
     splits = load_splits(cfg, log)  # also decodes and caches the data once, before any worker starts
+    asks = algorithm.kind == plugins.ASK_TELL
     with folder_lock(paths.lock):
         remove_temp_files(paths.root)
         known = check_config(paths, cfg)  # again: another process may have started or finished it meanwhile
         ckpt = checkpoint.read(paths.checkpoint, cfg, layout) if paths.checkpoint.exists() else None
-        if ckpt and ckpt["next_generation"] >= cfg.search.generations:
+        if ckpt and checkpoint.finished(ckpt, cfg):
             log(f"run already finished: {paths.root}")
             return _closed(board, paths, cfg, layout)
-        journal = Journal(paths.evaluations, layout, ckpt["evaluations"] if ckpt else 0)
+        journal = Journal(
+            paths.evaluations,
+            layout,
+            ckpt["evaluations"] if ckpt and not asks else 0,  # an ask/tell plug-in is replayed from its first ask
+            train_images=cfg.train.train_images,
+            budget=cfg.search.budget or (cfg.search.weedout_trainings if asks else None),
+            strict=cfg.search.algorithm if asks else None,
+        )
         journal.check_failures(cfg.search.max_failed_share)  # a run stopped for failures stays stopped until allowed
+        journal.share(shared_scores(cfg, paths.root))
         if not known:
             write_config(paths, cfg)
         write_json(paths.environment, environment(splits.description, device, where))
         log(
             f"data: {splits.description}; device: {device or 'the Ray cluster'} ({where.describe()}); "
-            f"{architecture(cfg.model).label} at sparsity {cfg.search.sparsity}"
+            f"{architecture(cfg.model).label} at sparsity {cfg.search.sparsity}; algorithm {cfg.search.algorithm}"
         )
-        state = checkpoint.restore(ckpt, layout, cfg.search.survivors) if ckpt else SearchState()
+        state = checkpoint.restore(ckpt, layout, cfg.search.survivors) if ckpt and not asks else SearchState()
+        done_before = ckpt["next_generation"] if ckpt else 0  # generations an ask/tell replay does not save again
         if board:
             board.catch_up(ckpt["logbook"] if ckpt else [])  # what an earlier start journaled but did not write
             journal.on_row = board.evaluation
         if ckpt:
-            log(f"resuming at generation {state.generation + 1} of {cfg.search.generations}")
+            log(f"resuming at generation {done_before + 1}" + ("" if asks else f" of {cfg.search.generations}"))
         progress = Progress(cfg.search, enabled=show_progress)
 
         def on_generation_start(gen, nevals):
@@ -259,31 +178,45 @@ def execute(
             progress.evaluated(ind.record, reused=reused)
 
         def on_generation_end(st):
-            checkpoint.save(paths.checkpoint, cfg, st, layout, evaluations=journal.rows)
+            if st.generation <= done_before and not st.finished:
+                return  # an ask/tell plug-in replaying what the checkpoint already holds
+            evaluations = sum(e["nevals"] for e in st.logbook)
+            checkpoint.save(paths.checkpoint, cfg, st, layout, evaluations=evaluations, kind=algorithm.kind)
             progress.end_generation(st)
             if board:
                 board.generation(st.logbook[-1])
             limit = cfg.search.max_failed_share
-            if st.generation < cfg.search.generations:
+            if not (st.finished or (not asks and st.generation >= cfg.search.generations)):
                 journal.check_failures(limit)  # after the checkpoint: the same command resumes from here
             elif journal.rows and len(journal.failed) / journal.rows > limit:
                 log(f"warning: {journal.failure_summary(limit).split(' (last')[0]}; the run finished anyway")
 
+        hooks = Hooks(on_generation_start, on_evaluated, on_generation_end, journal.budget_left)
         pool = backends.start(where, cfg, splits, log)
         try:
             del splits  # the evaluator (here or in each worker) holds its own copy
-            toolbox = make_toolbox(cfg.search, layout, pool.evaluate)
+            t = cfg.train
+            toolbox = make_toolbox(
+                cfg.search, layout, pool.evaluate, train_images=t.train_images, batch_size=t.batch_size
+            )
             toolbox.register("map", pool)
             if customize is not None:
                 customize(toolbox)
             inner = toolbox.map  # the backend's map must keep input order
             unordered = pool.unordered if getattr(inner, "func", None) is pool else None
             toolbox.register("map", journal.wrap(inner, unordered))
-            # Seed (or restore) every generator last, so that nothing built above can shift what the search draws.
-            seed_everything(cfg.seed)
-            if ckpt:
-                checkpoint.set_rng_state(ckpt["rng"])
-            evolve(toolbox, cfg.search, state, Hooks(on_generation_start, on_evaluated, on_generation_end))
+            # Seed (or restore) every generator last, so that nothing built above can shift what the search draws;
+            # an ask/tell plug-in is built after the seeding, so that it draws the same on every start.
+            if asks:
+                seed_everything(cfg.seed)
+                searcher = plugins.install(toolbox, algorithm, options)
+                asktell.run(toolbox, cfg.search, searcher, cfg.search.algorithm, hooks)
+            else:
+                plugins.install(toolbox, algorithm, options)
+                seed_everything(cfg.seed)
+                if ckpt:
+                    checkpoint.set_rng_state(ckpt["rng"])
+                evolve(toolbox, cfg.search, state, hooks)
         finally:
             pool.close()
             if board:
@@ -344,12 +277,15 @@ def summarize(folder: str | Path) -> dict[str, Any]:
         }
 
     ok = [r for r in journal if r.get("status") == "ok"]
+    trained = [r for r in ok if r.get("cache") is None]
     hof = ckpt["hall_of_fame"] if ckpt else []
     arch = architecture(cfg.model)
     full_params, full_macs = arch.cost()
     return {
         "run_dir": str(paths.root),
         "algorithm": cfg.search.algorithm,
+        "algorithm_options": cfg.search.algo_opts,
+        "algorithm_source": cfg.search.algorithm_source,
         "preset": cfg.preset,
         "seed": cfg.seed,
         "sparsity": cfg.search.sparsity,
@@ -358,8 +294,11 @@ def summarize(folder: str | Path) -> dict[str, Any]:
         "keep": cfg.search.survivors,
         "generations": cfg.search.generations,
         "generations_done": ckpt["next_generation"] if ckpt else 0,
-        "finished": bool(ckpt) and ckpt["next_generation"] >= cfg.search.generations,
+        "finished": bool(ckpt) and checkpoint.finished(ckpt, cfg),
         "evaluations": len(journal),
+        "trainings": trainings(journal),
+        "cache_hits": sum(r.get("cache") is not None for r in journal),
+        "budget": cfg.search.budget or None,
         "failed_evaluations": len(journal) - len(ok),
         "data": env.get("data"),
         "device": env.get("device"),
@@ -375,7 +314,7 @@ def summarize(folder: str | Path) -> dict[str, Any]:
         },
         "train_images_per_eval": cfg.train.replicates
         * (cfg.train.train_images // cfg.train.batch_size * cfg.train.batch_size),
-        "eval_seconds_mean": float(np.mean([r["seconds"] for r in ok])) if ok else None,
+        "eval_seconds_mean": float(np.mean([r["seconds"] for r in trained])) if trained else None,
         "replicates": cfg.train.replicates,
         "noise": run_noise(journal),
         "best": described(hof[0]) if hof else None,

@@ -31,7 +31,8 @@ if not hasattr(creator, "MaskFitness"):
     creator.create("MaskFitness", base.Fitness, weights=(1.0,))
 if not hasattr(creator, "MaskIndividual"):
     # ``record`` carries the evaluation's details (status, loss, seconds, ...) next to the fitness.
-    creator.create("MaskIndividual", list, fitness=creator.MaskFitness, record=None)
+    # ``images``: the training length it is scored at, when an ask/tell plug-in asks for another than the run's.
+    creator.create("MaskIndividual", list, fitness=creator.MaskFitness, record=None, images=None)
 
 
 # --- operators: in place, return a tuple, as DEAP's own ---------------------------------------------------------
@@ -44,14 +45,26 @@ def mut_restart(individual, sampler: Callable[[], list[int]]):
 
 
 def mut_swap(individual, layout: Layout, swap_prob: float):
-    """In each unit, with probability ``swap_prob``, turn one kept node off and one removed node on."""
-    for start, stop in layout.spans():
+    """In each unit, with probability ``swap_prob``, turn one kept node off and one removed node on; when that swapped
+    nothing, one swap in a random unit that has both, so a mutation always changes the genome (if any unit can)."""
+    spans = layout.spans()
+    swapped = False
+    for start, stop in spans:
         if random.random() < swap_prob:
-            on = [i for i in range(start, stop) if individual[i]]
-            off = [i for i in range(start, stop) if not individual[i]]
-            if on and off:
-                individual[random.choice(on)], individual[random.choice(off)] = 0, 1
+            swapped = _swap(individual, start, stop) or swapped
+    if not swapped:
+        movable = [(a, b) for a, b in spans if 0 < sum(individual[a:b]) < b - a]
+        if movable:
+            _swap(individual, *random.choice(movable))
     return (individual,)
+
+
+def _swap(individual, start: int, stop: int) -> bool:
+    on = [i for i in range(start, stop) if individual[i]]
+    off = [i for i in range(start, stop) if not individual[i]]
+    if on and off:
+        individual[random.choice(on)], individual[random.choice(off)] = 0, 1
+    return bool(on and off)
 
 
 def cx_unit(a, b, layout: Layout, indpb: float = 0.5):
@@ -118,10 +131,21 @@ def _repaired(operator: Callable, fix: Callable) -> Callable:
 # --- toolbox -------------------------------------------------------------------------------------------------------
 
 
-def make_toolbox(cfg: SearchConfig, layout: Layout, evaluate: Callable[[list[int]], dict[str, Any]]) -> base.Toolbox:
-    """A DEAP toolbox for ``cfg.algorithm``; register another operator on it to change the search."""
+def make_toolbox(
+    cfg: SearchConfig,
+    layout: Layout,
+    evaluate: Callable[[list[int]], dict[str, Any]],
+    *,
+    train_images: int = 0,
+    batch_size: int = 1,
+) -> base.Toolbox:
+    """A DEAP toolbox for ``cfg.algorithm`` (a plug-in's start from the GA's operators); register another operator
+    on it to change the search. Besides DEAP's names it carries what a plug-in needs (``search.plugins``):
+    ``sample``, ``repair``, ``check``, ``layout``, ``rng``, ``sparsity``, ``population_size``, ``keep``, ``budget``,
+    ``train_images``, ``batch_size``, ``options`` and the variation rates ``cxpb`` and ``mutpb``."""
     tb = base.Toolbox()
     sampler = partial(sample, layout, cfg.sparsity, cfg.sampling)
+    tb.register("sample", sampler)
     tb.register("individual", tools.initIterate, creator.MaskIndividual, sampler)
     tb.register("population", tools.initRepeat, list, tb.individual)
     tb.register("evaluate", evaluate)
@@ -142,17 +166,31 @@ def make_toolbox(cfg: SearchConfig, layout: Layout, evaluate: Callable[[list[int
         else:
             tb.register("mate", _repaired(partial(tools.cxUniform, indpb=0.5), fix))
     tb.register("repair", fix)
+    tb.register("check", check_genome, layout=layout, counts=counts, total=total)
+    tb.layout, tb.rng, tb.options = layout, random, {}
+    tb.sparsity, tb.population_size, tb.keep = cfg.sparsity, cfg.population, cfg.survivors
+    tb.budget, tb.train_images, tb.batch_size = cfg.budget or cfg.weedout_trainings, train_images, batch_size
+    tb.cxpb, tb.mutpb = (0.0, 1.0) if cfg.algorithm == "weedout" else (cfg.cxpb, cfg.mutpb)
     return tb
+
+
+def check_genome(genome, layout: Layout, counts: tuple[int, ...] | None, total: int | None) -> None:
+    """ValueError saying what is wrong unless ``genome`` is a list of 0/1 of the layout's size at the run's sparsity
+    (``counts`` per unit, or ``total`` with no unit empty)."""
+    if len(genome) != layout.size:
+        raise ValueError(f"a mask of {len(genome)} genes, the network has {layout.size} nodes")
+    if any(g not in (0, 1) for g in genome):
+        raise ValueError("a mask with genes other than 0 and 1")
+    kept = [sum(genome[a:b]) for a, b in layout.spans()]
+    if counts is not None and tuple(kept) != tuple(counts):
+        raise ValueError(f"a mask keeping {kept} nodes per unit, the run's sparsity keeps {list(counts)} (repair it)")
+    if total is not None and (sum(kept) != total or 0 in kept):
+        raise ValueError(f"a mask keeping {sum(kept)} nodes, the run's sparsity keeps {total}, none empty (repair it)")
 
 
 def _weeded_out(population, k):
     """The worst ``k`` of the population: the individuals Weedout replaces."""
     return tools.selWorst(population, k)
-
-
-def variation_rates(cfg: SearchConfig) -> tuple[float, float]:
-    """(cxpb, mutpb): Weedout restarts every replaced individual and crosses none."""
-    return (0.0, 1.0) if cfg.algorithm == "weedout" else (cfg.cxpb, cfg.mutpb)
 
 
 # --- the loop ------------------------------------------------------------------------------------------------------
@@ -163,6 +201,7 @@ class SearchState:
     """Everything the loop carries between generations (what a checkpoint saves)."""
 
     generation: int = 0  # the next generation to run
+    finished: bool = False  # the budget is spent: no generation follows, whatever --generations says
     population: list = field(default_factory=list)
     hall_of_fame: tools.HallOfFame | None = None
     logbook: tools.Logbook = field(default_factory=tools.Logbook)
@@ -170,11 +209,13 @@ class SearchState:
 
 @dataclass
 class Hooks:
-    """Called by ``evolve``: before a generation's evaluations, after each evaluation, after each generation."""
+    """Called by the loops: before a generation's evaluations, after each evaluation, after each generation; and
+    asked how much of the budget is left."""
 
     on_generation_start: Callable[[int, int], None] = lambda gen, nevals: None
     on_evaluated: Callable[[int, int, Any], None] = lambda gen, index, individual: None
     on_generation_end: Callable[[SearchState], None] = lambda state: None
+    budget_left: Callable[[], float | None] = lambda: None  # trainings left (None: no budget)
 
 
 def statistics() -> tools.Statistics:
@@ -188,20 +229,21 @@ def statistics() -> tools.Statistics:
 def next_generation(population: list, toolbox: base.Toolbox, keep: int, cxpb: float, mutpb: float) -> list:
     """Survivors (``toolbox.select``) plus P-K offspring of ``toolbox.select_parents``, varied like ``varAnd``.
 
-    Offspring are clones; the fitness of every changed offspring is invalidated so that it is evaluated again.
+    Offspring are clones; an offspring's fitness is invalidated (so that it is evaluated) only when its genome changed:
+    a clone left as its parent was, or crossed with an identical mate, keeps the parent's fitness.
     """
     survivors = toolbox.select(population, keep)
     offspring = [toolbox.clone(ind) for ind in toolbox.select_parents(population, len(population) - keep)]
+    before = [list(ind) for ind in offspring]
     for i in range(1, len(offspring), 2):
         if random.random() < cxpb:
             offspring[i - 1], offspring[i] = toolbox.mate(offspring[i - 1], offspring[i])
-            del offspring[i - 1].fitness.values, offspring[i].fitness.values
     for i, ind in enumerate(offspring):
         if random.random() < mutpb:
             (offspring[i],) = toolbox.mutate(ind)
-            del offspring[i].fitness.values
-    for ind in offspring:
-        if not ind.fitness.valid:
+    for ind, genome in zip(offspring, before, strict=True):
+        if list(ind) != genome:
+            del ind.fitness.values
             ind.record = None
     return survivors + offspring
 
@@ -223,33 +265,50 @@ def evolve(
 ) -> SearchState:
     """Run generations ``state.generation .. cfg.generations-1`` and return the final state.
 
-    Generation 0 evaluates a random population; every later one keeps K survivors and evaluates the P-K new or
-    changed individuals. ``hooks.on_generation_end`` runs after the logbook and hall of fame are updated (the place to
-    checkpoint). A run resumed from a saved state continues exactly where it stopped.
+    Generation 0 evaluates a random population; every later one keeps K survivors and evaluates the P-K offspring
+    whose genome changed. ``toolbox.map`` yields None for an individual the budget leaves unevaluated: the generation
+    then ends with the evaluated ones and the run is finished, as it is once ``hooks.budget_left()`` reaches 0.
+    ``hooks.on_generation_end`` runs after the logbook and hall of fame are updated (the place to checkpoint). A run
+    resumed from a saved state continues exactly where it stopped.
     """
     state = state or SearchState()
     hooks = hooks or Hooks()
     if state.hall_of_fame is None:
         state.hall_of_fame = tools.HallOfFame(cfg.survivors)
     stats = statistics()
-    cxpb, mutpb = variation_rates(cfg)
-    while state.generation < cfg.generations:
+    while state.generation < cfg.generations and not state.finished:
         gen = state.generation
         if gen == 0:
             population = toolbox.population(n=cfg.population)
         else:
-            population = next_generation(state.population, toolbox, cfg.survivors, cxpb, mutpb)
+            population = next_generation(state.population, toolbox, cfg.survivors, toolbox.cxpb, toolbox.mutpb)
         invalid = [ind for ind in population if not ind.fitness.valid]
+        for ind in invalid:
+            toolbox.check(ind)
         hooks.on_generation_start(gen, len(invalid))
-        for index, (ind, record) in enumerate(zip(invalid, toolbox.map(toolbox.evaluate, invalid), strict=True)):
+        evaluated, cut = [], False
+        for ind, record in zip(invalid, toolbox.map(toolbox.evaluate, invalid), strict=True):
+            if record is None:
+                cut = True
+                continue
             assign(ind, record)
-            hooks.on_evaluated(gen, index, ind)
-        state.hall_of_fame.update([ind for ind in population if succeeded(ind)])
-        failed = sum(not succeeded(ind) for ind in population)
-        state.logbook.record(
-            gen=gen, nevals=len(invalid), failed=failed, **stats.compile([ind for ind in population if succeeded(ind)])
-        )
-        state.population = population
-        state.generation = gen + 1
+            hooks.on_evaluated(gen, len(evaluated), ind)
+            evaluated.append(ind)
+        if cut:
+            population = [ind for ind in population if ind.fitness.valid]
+        record_generation(state, gen, population, len(evaluated), stats)
+        left = hooks.budget_left()
+        state.finished = cut or (left is not None and left <= 0)
         hooks.on_generation_end(state)
     return state
+
+
+def record_generation(state: SearchState, gen: int, population: list, nevals: int, stats: tools.Statistics) -> None:
+    """Close generation ``gen``: the hall of fame and logbook updated with ``population`` (``nevals`` new evaluations;
+    only individuals scored at the run's own training length count), the state moved on."""
+    scored = [ind for ind in population if succeeded(ind) and getattr(ind, "images", None) is None]
+    state.hall_of_fame.update(scored)
+    failed = sum(not succeeded(ind) for ind in population)
+    state.logbook.record(gen=gen, nevals=nevals, failed=failed, **stats.compile(scored))
+    state.population = population
+    state.generation = gen + 1

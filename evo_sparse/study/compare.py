@@ -1,129 +1,157 @@
-"""GA vs Random Search (or any two algorithms) at an equal budget: ``compare``.
+"""Any search algorithms against each other at an equal budget of trainings: ``compare``.
 
-``compare``: N seeds of each algorithm, each given the same budget of fitness evaluations (hence of training images:
-every evaluation trains on the same number); Weedout's count at ``--generations`` sets it. A GA run evaluates only
-the offspring that changed, so it runs more generations and its journal is cut at the budget (rows in the order the
-loop asked for them, so the cut does not depend on which worker finished first).
+``compare``: N seeds of each algorithm, the same seeds for all (so the same parent initialization, data order and,
+for the generational ones, generation 0), each given the same budget of trainings: Weedout's count at
+``--generations`` (P + (G-1)(P-K) brief trainings). A training of another length (a multi-fidelity plug-in's) counts
+its share, and a mask an algorithm scored before costs nothing (``runs.journal``). Weedout runs as the plain run of
+these settings; every other algorithm runs with ``--budget`` set, so it stops when the budget is spent: its hall of
+fame, hence what ``--final-train`` trains, holds only masks scored within the budget. An algorithm is a built-in, an
+installed plug-in's name or ``package.module:name``, with its options in brackets: ``mypkg.search:Search[eta=3]``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from evo_sparse.foundations.config import ALGORITHMS, FinalConfig, RunConfig
+from evo_sparse.foundations.config import FinalConfig, RunConfig
 from evo_sparse.foundations.errors import ConfigError
 from evo_sparse.foundations.paths import RunPaths, comparison_folder
 from evo_sparse.foundations.progress import StudyProgress
 from evo_sparse.foundations.storage import SCHEMA_VERSION, read_jsonl, write_json_if_changed
 from evo_sparse.models.registry import architecture
+from evo_sparse.runs.journal import cost
+from evo_sparse.search import plugins
 from evo_sparse.stats import analysis
+from evo_sparse.stats.reference import best_of_n_sd, expected_best_of_n
 from evo_sparse.study import final, plots
 from evo_sparse.study.paper import search_done, search_work
 
+# a generational algorithm other than Weedout gets this many times the generations it would need if every offspring
+# were trained; the budget, not this cap, ends it
+GENERATION_SLACK = 4
 
-def generations_for(cfg: RunConfig, budget: int) -> int:
-    """Generations a run of ``cfg``'s algorithm gets so that it reaches ``budget`` evaluations (for the GA: with
-    probability about 99.9%).
 
-    Weedout evaluates exactly P - K a generation. A GA offspring is evaluated only when crossed (a pair, with
-    probability cxpb) or mutated (mutpb), so a generation's count is random; its mean and variance follow from those
-    probabilities, and the GA gets the fewest generations whose mean minus three standard deviations reaches the budget.
-    """
+def parse_algorithms(text: str) -> list[tuple[str, str]]:
+    """``"weedout,pkg.mod:Search[eta=3,rungs=2]"`` as ``[("weedout", ""), ("pkg.mod:Search", "eta=3,rungs=2")]``."""
+    out = []
+    for m in re.finditer(r"\s*([^,\[\]]+?)\s*(?:\[([^\]]*)\])?\s*(?:,|$)", text.strip()):
+        if m.group(1):
+            out.append((m.group(1), (m.group(2) or "").strip()))
+    return out
+
+
+def label(name: str, options: str) -> str:
+    """How an algorithm (with its options) is named in a comparison."""
+    return f"{name}[{options}]" if options else name
+
+
+def generations_for(cfg: RunConfig, budget: float) -> int:
+    """Generations a generational run of ``cfg`` may take to spend ``budget`` trainings: Weedout's own count for
+    Weedout, ``GENERATION_SLACK`` times the count at which every offspring is trained for the others."""
     s = cfg.search
-    offspring, need = s.population - s.survivors, budget - s.population
-    if need <= 0:
-        return 1
-    if s.algorithm == "weedout":
-        return 1 + math.ceil(need / offspring)
-    cx, m = s.cxpb, s.mutpb
-    if cx + m <= 0:
-        raise ConfigError("--cxpb 0 with --mutpb 0 leaves every GA offspring unchanged: nothing is ever evaluated")
-    pairs, single = divmod(offspring, 2)
-    both = cx + (1 - cx) * m * m  # a pair: both evaluated when crossed, else each when mutated
-    one = (1 - cx) * 2 * m * (1 - m)
-    pair_mean = 2 * both + one
-    mean = pairs * pair_mean + single * m
-    var = pairs * (4 * both + one - pair_mean**2) + single * m * (1 - m)
-    g = 1
-    while g * mean - 3 * math.sqrt(g * var) < need:
-        g += 1
-    return 1 + g
+    need = math.ceil(max(0.0, budget - s.population) / (s.population - s.survivors))
+    return 1 + need * (1 if s.algorithm == "weedout" else GENERATION_SLACK)
 
 
-def plan(base: RunConfig, *, algorithms: list[str], runs: int) -> tuple[int, dict[tuple[str, int], RunConfig]]:
-    """(the budget of evaluations, {(algorithm, seed): config}) of a comparison, checked; ConfigError otherwise."""
-    unknown = [a for a in algorithms if a not in ALGORITHMS]
-    if unknown or len(algorithms) < 2:
-        raise ConfigError(f"--algorithms must name two or more of {', '.join(ALGORITHMS)}, not {','.join(algorithms)}")
+def plan(
+    base: RunConfig, *, algorithms: list[str] | list[tuple[str, str]], runs: int
+) -> tuple[int, dict[tuple[str, int], RunConfig]]:
+    """(the budget of trainings, {(algorithm label, seed): config}) of a comparison, checked; ConfigError (one line)
+    otherwise, a plug-in that cannot be imported or an option it refuses included."""
+    pairs = [(a, "") if isinstance(a, str) else a for a in algorithms]
+    labels = [label(*p) for p in pairs]
+    if len(pairs) < 2 or len(set(labels)) < len(labels):
+        raise ConfigError(f"--algorithms must name two or more different algorithms, not {','.join(labels)}")
     if runs < 1:
         raise ConfigError(f"--runs must be at least 1, not {runs}")
+    if base.search.algo_opts:
+        raise ConfigError("--algo-opt is for run; in compare give an algorithm's options as name[key=value,...]")
     base = base.validate()
     architecture(base.model)
-    s = base.search
-    budget = s.population + (s.generations - 1) * (s.population - s.survivors)
+    budget = base.search.weedout_trainings
     configs = {}
-    for alg in algorithms:
-        cfg = base.updated({"search.algorithm": alg})
-        cfg = cfg.updated({"search.generations": generations_for(cfg, budget)})
-        configs |= {(alg, seed): cfg.updated({"seed": seed}).validate() for seed in range(runs)}
+    for (name, options), tag in zip(pairs, labels):
+        cfg = base.updated({"search.algorithm": name, "search.algo_opts": options, "search.algorithm_source": ""})
+        try:
+            cfg, algorithm, _ = plugins.identify(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"--algorithms {tag}: {exc}") from None
+        if name == "ga" and cfg.search.cxpb + cfg.search.mutpb <= 0:
+            raise ConfigError("--cxpb 0 with --mutpb 0 leaves every GA offspring unchanged: nothing is ever evaluated")
+        if name != "weedout":
+            changes = {"search.budget": float(budget)}
+            if algorithm.kind != plugins.ASK_TELL:
+                changes["search.generations"] = generations_for(cfg, budget)
+            cfg = cfg.updated(changes)
+        configs |= {(tag, seed): cfg.updated({"seed": seed}).validate() for seed in range(runs)}
     return budget, configs
 
 
 def compare(
     base: RunConfig,
     *,
-    algorithms: list[str],
+    algorithms: list[str] | list[tuple[str, str]],
     runs: int,
     final_cfg: FinalConfig | None = None,
     log: Callable[[str], None] = print,
     show_progress: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
-    """Run ``runs`` seeds of each algorithm at Weedout's evaluation budget; (folder, comparison) written there.
+    """Run ``runs`` seeds of each algorithm at Weedout's budget of trainings; (folder, comparison) written there.
 
     ``final_cfg``: also fully train each run's best ``final_cfg.masks`` masks (default 1) under its training seeds
     and test the algorithms' final test accuracy (a run's masks and seeds averaged: one value per run)."""
     from evo_sparse.runs.run import execute
 
     budget, configs = plan(base, algorithms=algorithms, runs=runs)
+    names = list(dict.fromkeys(alg for alg, _ in configs))
     key = {k: v for k, v in base.hashed_items().items() if k not in ("search.algorithm", "seed")}
+    sources = {alg: cfg.search.algorithm_source for (alg, _), cfg in configs.items()}
+    identities = [f"{a} ({sources[a]})" if sources[a] else a for a in names]  # built-ins: the names, as before
     trained_key = [final_cfg.final_hash(), final_cfg.masks or 1, final_cfg.seeds] if final_cfg else []
-    paths = comparison_folder(base.runs_dir, [key, algorithms, runs, *trained_key])
+    paths = comparison_folder(base.runs_dir, [key, identities, runs, *trained_key])
     progress = StudyProgress(log, enabled=show_progress)
     progress.add(len(configs), sum(search_work(c) for c in configs.values()))
-    entries, notes = [], []
+    entries, notes, generation_0 = [], [], []
     for (alg, seed), cfg in configs.items():
         was_done = search_done(cfg)
         folder = execute(cfg, log=log, show_progress=show_progress)
         progress.finished(f"{alg} seed {seed}", search_work(cfg), computed=not was_done)
         journal = sorted(read_jsonl(RunPaths(folder).evaluations, repair=False), key=lambda r: (r["gen"], r["index"]))
-        curve = analysis.best_so_far([r.get("fitness") if r.get("status") == "ok" else None for r in journal])[:budget]
-        if len(curve) < budget:
-            notes.append(f"{alg} seed {seed} made {len(curve)} of the {budget} evaluations of the budget")
+        curve, spent = curve_by_trainings(journal, budget)
+        if spent < budget - 1e-6:
+            notes.append(f"{alg} seed {seed} spent {spent:g} of the {budget} trainings of the budget")
+        if cfg.search.algorithm == "weedout":
+            generation_0 += [r.get("fitness") for r in journal if r["gen"] == 0 and r.get("status") == "ok"]
         entries.append(
             {
                 "algorithm": alg,
                 "seed": seed,
                 "run_dir": os.path.relpath(folder, paths.root),
                 "generations": cfg.search.generations,
-                "evaluations": len(curve),
+                "evaluations": len(journal),
+                "trainings": round(spent, 6),
+                "cache_hits": sum(r.get("cache") is not None for r in journal),
                 "best": curve[-1] if curve else None,
                 "curve": curve,
             }
         )
-    finals = {a: [e["best"] for e in entries if e["algorithm"] == a and e["best"] is not None] for a in algorithms}
+    finals = {a: [e["best"] for e in entries if e["algorithm"] == a and e["best"] is not None] for a in names}
     trained = _train_best(entries, paths.root, base, final_cfg, progress) if final_cfg else {}
     comparison = {
         "schema": SCHEMA_VERSION,
-        "algorithms": algorithms,
-        "budget_evaluations": budget,
+        "algorithms": names,
+        "sources": {a: s for a, s in sources.items() if s},
+        "budget_trainings": budget,
         "train_images_per_eval": base.train.train_images // base.train.batch_size * base.train.batch_size,
         "summary": {a: analysis.summary(v) for a, v in finals.items()},
         "tests": analysis.compare_algorithms(finals, by_seed=_by_seed(entries, "best")),
-        "bands": {a: analysis.curve_band([e["curve"] for e in entries if e["algorithm"] == a]) for a in algorithms},
+        "bands": {a: analysis.curve_band([e["curve"] for e in entries if e["algorithm"] == a]) for a in names},
+        "random_reference": _reference(generation_0, budget),
         "runs": entries,
         "notes": notes,
         **(
@@ -140,6 +168,37 @@ def compare(
     if write_json_if_changed(paths.comparison, comparison) or not (paths.root / "best_so_far.png").exists():
         plots.draw_all(plots.load([paths.root]), paths.root)
     return paths.root, comparison
+
+
+def curve_by_trainings(journal: list[dict[str, Any]], budget: int) -> tuple[list[float | None], float]:
+    """(best fitness so far after 1, 2, ..., ``budget`` trainings, the trainings the journal spent) of a run's rows in
+    the order the loop asked for them: a row counts once its cumulative cost is within the mark; only fitness from
+    trainings of the run's own length counts (a multi-fidelity plug-in's shorter trainings only cost)."""
+    curve: list[float | None] = []
+    best, spent = None, 0.0
+    for row in journal:
+        spent += cost(row)
+        while len(curve) < budget and len(curve) + 1 < spent - 1e-9:
+            curve.append(best)  # marks this row's cost passes before it finishes
+        if row.get("status") == "ok" and row.get("fidelity") is None and row.get("fitness") is not None:
+            best = row["fitness"] if best is None else max(best, row["fitness"])
+        if len(curve) >= budget:
+            break
+    while len(curve) < min(budget, math.floor(spent + 1e-9)):
+        curve.append(best)
+    return curve, spent
+
+
+def _reference(values: list[float], budget: int) -> dict[str, Any] | None:
+    """Pure Random Search's expected best after 1..budget trainings, from Weedout's pooled generation 0."""
+    if not values:
+        return None
+    return {
+        "source": "generation 0 of every Weedout run, pooled: the fitness of random masks",
+        "values": len(values),
+        "expected_best": expected_best_of_n(values, budget),
+        "sd_of_one_run": best_of_n_sd(values, budget),
+    }
 
 
 def _by_seed(entries: list[dict[str, Any]], key: str) -> dict[str, dict[int, float]]:
@@ -181,23 +240,31 @@ def _train_best(entries, root: Path, base: RunConfig, final_cfg: FinalConfig, pr
 
 def format_comparison(c: dict[str, Any]) -> str:
     """The comparison as a few lines: final best fitness per algorithm and the tests against the first."""
-    images = c["budget_evaluations"] * c["train_images_per_eval"]
+    budget = c.get("budget_trainings", c.get("budget_evaluations"))  # files before budgets in trainings
+    images = budget * c["train_images_per_eval"]
+    width = max(10, *(len(a) for a in c["summary"]))
     lines = [
-        f"budget: {c['budget_evaluations']} fitness evaluations ({images:,} training images) per run",
-        f"{'algorithm':<10} {'runs':>4}  best fitness at budget (mean ± std)",
+        f"budget: {budget} trainings of {c['train_images_per_eval']:,} images ({images:,} training images) per run",
+        f"{'algorithm':<{width}} {'runs':>4}  best fitness at budget (mean ± std)",
     ]
-    lines += [_summary_line(alg, s) for alg, s in c["summary"].items()]
+    reference = c.get("random_reference")
+    if reference and reference["expected_best"]:
+        lines.append(
+            f"{'(random)':<{width}}       {reference['expected_best'][-1]:.4f}: expected best of {budget} random masks "
+            f"(from {reference['values']} generation-0 values)"
+        )
+    lines += [_summary_line(alg, s, width) for alg, s in c["summary"].items()]
     lines += [_test_line(t) for t in c["tests"]]
     if "final_summary" in c:
-        lines.append(f"{'algorithm':<10} {'runs':>4}  final test accuracy of the best masks, fully trained")
-        lines += [_summary_line(alg, s) for alg, s in c["final_summary"].items()]
+        lines.append(f"{'algorithm':<{width}} {'runs':>4}  final test accuracy of the best masks, fully trained")
+        lines += [_summary_line(alg, s, width) for alg, s in c["final_summary"].items()]
         lines += [_test_line(t, "final test accuracy: ") for t in c["final_tests"]]
     return "\n".join(lines + [f"note: {n}" for n in c["notes"]])
 
 
-def _summary_line(alg: str, s: dict[str, Any]) -> str:
+def _summary_line(alg: str, s: dict[str, Any], width: int = 10) -> str:
     spread = "" if s["std"] is None else f" ± {s['std']:.4f}"
-    return f"{alg:<10} {s['n']:>4}  {'-' if s['mean'] is None else format(s['mean'], '.4f')}{spread}"
+    return f"{alg:<{width}} {s['n']:>4}  {'-' if s['mean'] is None else format(s['mean'], '.4f')}{spread}"
 
 
 def _test_line(t: dict[str, Any], prefix: str = "") -> str:

@@ -13,6 +13,7 @@ records the command would write, built here at full precision, and measured size
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,9 +90,9 @@ def _brief(cfg: RunConfig, what: str, count: int, sparsity: float, side_by_side:
 
 
 def evaluations(cfg: RunConfig) -> int:
-    """A search's fitness evaluations: P + (G - 1)(P - K); for the GA an upper bound (unchanged offspring are not)."""
-    s = cfg.search
-    return s.population + (s.generations - 1) * (s.population - s.survivors)
+    """A search's fitness trainings: its budget, else P + (G - 1)(P - K) (for the GA an upper bound: unchanged
+    offspring and masks scored before are not trained)."""
+    return math.ceil(cfg.search.trainings)
 
 
 def search(cfg: RunConfig, estimate: Estimate, runs: int = 1, done: int = 0) -> None:
@@ -247,7 +248,10 @@ def for_compare(configs: dict[tuple[str, int], RunConfig], fc: FinalConfig | Non
 
 def _ga_note(est: Estimate, configs) -> Estimate:
     if any(c.search.algorithm != "weedout" for c in configs):
-        est.notes.append("a GA evaluates only the offspring that changed: its count of evaluations is an upper bound")
+        est.notes.append(
+            "a GA (or a plug-in) trains only the masks it has not scored before: its count of trainings is an upper "
+            "bound"
+        )
     return est
 
 

@@ -103,7 +103,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
         raise RunStateError(f"{run_dir} is not a run folder (no config.json); give the folder `evo-sparse run` printed")
     cfg = read_config(paths.config)
     ckpt = checkpoint.read(paths.checkpoint, cfg, layout_of(cfg)) if paths.checkpoint.exists() else None
-    if ckpt is None or ckpt["next_generation"] < cfg.search.generations:
+    if ckpt is None or not checkpoint.finished(ckpt, cfg):
         raise RunStateError(f"run {run_dir} is unfinished; run the same `evo-sparse run` command to finish it first")
     return cfg, ckpt
 

@@ -69,8 +69,7 @@ def parse_list(text: str, option: str, kind=float) -> list:
 
 def search_work(cfg: RunConfig) -> float:
     """Work of a search of ``cfg`` (``StudyProgress``): its training images (an upper bound for the GA) times cost."""
-    s = cfg.search
-    return (s.population + (s.generations - 1) * (s.population - s.survivors)) * cfg.train.train_images * _cost(cfg)
+    return cfg.search.trainings * cfg.train.train_images * _cost(cfg)
 
 
 def _cost(cfg: RunConfig, sparsity: float | None = None) -> float:

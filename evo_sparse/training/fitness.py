@@ -98,6 +98,8 @@ class Evaluator:
         self.replicates = [Replicate.draw(cfg, splits, r) for r in indices]
         self.val_x, self.val_y = splits.validation(t.val_images)
         self.pack = pack_size(cfg) if self.arch.batches else 1  # a network without a batched form: one at a time
+        self._splits = splits  # on the device: other training lengths draw their batches from it
+        self._lengths: dict[int, tuple[TrainConfig, list[Replicate]]] = {}
 
     def __call__(self, genome) -> FitnessRecord:
         return self.evaluate_mask(Mask(self.layout, tuple(genome)))
@@ -125,11 +127,32 @@ class Evaluator:
 
         return evaluate_masks(self, masks, chunk=self.pack, slots=True, replicate=rep)
 
-    def evaluate_genomes(self, genomes) -> list[FitnessRecord | None]:
-        """``evaluate_masks`` of flat 0/1 lists (None stays None)."""
-        return self.evaluate_masks([None if g is None else Mask(self.layout, tuple(g)) for g in genomes])
+    def evaluate_genomes(self, items) -> list[FitnessRecord | None]:
+        """``evaluate_masks`` of flat 0/1 lists (None stays None); an item ``(genome, train_images)`` is scored alone
+        by a training of that many images (an ask/tell plug-in's other fidelity), its slot left empty in the pack."""
+        split = [None if item is None else split_item(item) for item in items]
+        masks = [None if s is None or s[1] is not None else Mask(self.layout, tuple(s[0])) for s in split]
+        records = self.evaluate_masks(masks) if any(m is not None for m in masks) else [None] * len(masks)
+        for j, s in enumerate(split):
+            if s is not None and s[1] is not None:
+                records[j] = self.evaluate_at(Mask(self.layout, tuple(s[0])), s[1])
+        return records
 
-    def evaluate_alone(self, mask: Mask, replicate: Replicate | None = None) -> FitnessRecord:
+    def evaluate_at(self, mask: Mask, train_images: int) -> FitnessRecord:
+        """``evaluate_alone`` with trainings of ``train_images`` images (the same replicates' seeds, fewer or more
+        batches of the same kind), alone whatever ``--pack`` says."""
+        if train_images == self.cfg.train.train_images:
+            return self.evaluate_alone(mask)
+        if train_images not in self._lengths:
+            cfg = self.cfg.updated({"train.train_images": train_images})
+            reps = [Replicate.draw(cfg, self._splits, r.index) for r in self.replicates]
+            self._lengths[train_images] = (cfg.train, reps)
+        train_cfg, reps = self._lengths[train_images]
+        return combine([self.evaluate_alone(mask, rep, train_cfg) for rep in reps])
+
+    def evaluate_alone(
+        self, mask: Mask, replicate: Replicate | None = None, train_cfg: TrainConfig | None = None
+    ) -> FitnessRecord:
         """Train the sub-network briefly, on its own, under ``replicate`` (default: every replicate of this evaluator,
         merged by ``combine``), and measure validation accuracy.
 
@@ -147,12 +170,13 @@ class Evaluator:
         params, macs = self.arch.cost(mask.widths())
         record = partial(fitness_record, sparsity=mask.sparsity, params=params, macs=macs)
         fault = faults.fitness_fault(self.cfg.seed, mask.encode())  # None unless a test injects failures
-        full = batch_size = self.cfg.train.batch_size
+        train_cfg = train_cfg or self.cfg.train
+        full = batch_size = train_cfg.batch_size
         try:
-            scored = self._attempt(mask, replicate.stream, replicate.train_seed, self.cfg.train, fault)
+            scored = self._attempt(mask, replicate.stream, replicate.train_seed, train_cfg, fault)
             if scored is None and full > 1:
                 batch_size = full // 2
-                stream, train_cfg = self._rebatched(replicate.stream, batch_size)
+                stream, train_cfg = self._rebatched(replicate.stream, batch_size, train_cfg)
                 scored = self._attempt(mask, stream, replicate.train_seed, train_cfg, None if fault == "oom" else fault)
             if scored is None:
                 reason = f"out of device memory at batch size {full}" + (f" and {batch_size}" if full > 1 else "")
@@ -194,13 +218,19 @@ class Evaluator:
             torch.cuda.empty_cache()
         return None
 
-    def _rebatched(self, stream: BatchStream, batch_size: int) -> tuple[BatchStream, TrainConfig]:
+    def _rebatched(self, stream: BatchStream, batch_size: int, t: TrainConfig) -> tuple[BatchStream, TrainConfig]:
         """The same images in the same order, in batches of ``batch_size``, with the config to train on them."""
         x, y = stream.x.flatten(0, 1), stream.y.flatten(0, 1)
         n = len(y) // batch_size * batch_size
         stream = BatchStream(x[:n].view(-1, batch_size, *x.shape[1:]), y[:n].view(-1, batch_size))
-        t = self.cfg.train
         return stream, dataclasses.replace(t, batch_size=batch_size, eval_batch_size=max(1, t.eval_batch_size // 2))
+
+
+def split_item(item) -> tuple[list[int], int | None]:
+    """(genome, training length or None) of a search task's item: a genome, or ``(genome, train_images)``."""
+    if isinstance(item, tuple):
+        return list(item[0]), int(item[1])
+    return item, None
 
 
 def lost_record(cfg: RunConfig, genome, reason: str) -> FitnessRecord:
