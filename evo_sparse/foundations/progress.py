@@ -21,8 +21,18 @@ class Progress:
     """Counts evaluations of a search; the ETA comes from the wall-clock rate of the evaluations computed here
     (so parallel workers are accounted for), the s/eval figure from their own mean duration."""
 
-    def __init__(self, cfg: SearchConfig, *, enabled: bool = True, stream=None):
-        self.cfg = cfg
+    def __init__(
+        self,
+        cfg: SearchConfig,
+        *,
+        enabled: bool = True,
+        stream=None,
+        budget_left: Callable[[], float | None] = lambda: None,
+        asks: bool = False,
+    ):
+        """``budget_left()``: trainings the run's budget still allows (None: no budget), which then bounds the ETA;
+        ``asks``: an ask/tell run, whose generations are its asks (no count is known in advance)."""
+        self.cfg, self.budget_left, self.asks = cfg, budget_left, asks
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
@@ -41,10 +51,18 @@ class Progress:
             self.stream.write(text + "\n")
         self.stream.flush()
 
-    def remaining_evaluations(self) -> int:
-        """Evaluations left in this generation plus P-K for every later one (an upper bound for the GA)."""
+    def remaining_evaluations(self) -> float:
+        """Evaluations left in this generation plus P-K for every later one (an upper bound for the GA), at most the
+        trainings the budget still allows."""
         later = self.cfg.generations - self.gen - 1
-        return self.nevals - self.done_in_gen + later * (self.cfg.population - self.cfg.survivors)
+        left = self.budget_left()
+        if self.asks:
+            return max(0.0, left or 0.0)
+        count = self.nevals - self.done_in_gen + later * (self.cfg.population - self.cfg.survivors)
+        return count if left is None else max(0.0, min(count, left))
+
+    def _where(self) -> str:
+        return f"ask {self.gen + 1}" if self.asks else f"gen {self.gen + 1}/{self.cfg.generations}"
 
     def start_generation(self, gen: int, nevals: int) -> None:
         self.gen, self.nevals, self.done_in_gen = gen, nevals, 0
@@ -65,8 +83,7 @@ class Progress:
         best = "-" if self.best is None else f"{self.best:.4f}"
         speed = f"{mean:.1f}s/eval" if mean is not None else "reused"
         self._write(
-            f"gen {self.gen + 1}/{self.cfg.generations}  eval {self.done_in_gen}/{self.nevals}  "
-            f"fitness {shown}  best {best}  {speed}  ETA {eta}"
+            f"{self._where()}  eval {self.done_in_gen}/{self.nevals}  fitness {shown}  best {best}  {speed}  ETA {eta}"
         )
 
     def end_generation(self, state) -> None:
@@ -74,7 +91,7 @@ class Progress:
         avg = "-" if last["avg"] is None else f"{last['avg']:.4f}"
         top = "-" if last["max"] is None else f"{last['max']:.4f}"
         self._write(
-            f"gen {self.gen + 1}/{self.cfg.generations} done: mean {avg}  max {top}  "
+            f"{self._where()} done: mean {avg}  max {top}  "
             f"failed {last['failed']}  elapsed {format_seconds(time.perf_counter() - self.start)}",
             final=True,
         )

@@ -60,11 +60,12 @@ class Journal:
         checkpointed: int,
         *,
         train_images: int = 0,
+        batch_size: int = 1,
         budget: float | None = None,
         strict: str | None = None,
     ):
         self.path, self.layout, self.gen = path, layout, 0
-        self.train_images, self.budget, self.strict = train_images, budget, strict
+        self.train_images, self.batch_size, self.budget, self.strict = train_images, batch_size, budget, strict
         self.on_row: Callable[[int, dict[str, Any]], None] = lambda step, row: None  # (its line, from 0; the row)
         rows = read_jsonl(path)
         prefix = f"{ENCODING_PREFIX}{layout.fingerprint()}:"
@@ -111,7 +112,11 @@ class Journal:
         return row
 
     def _cost_of(self, fidelity: int | None) -> float:
-        return 1.0 if fidelity is None or not self.train_images else fidelity / self.train_images
+        """A training's cost: the images it trains (whole batches) over the images of the run's own training."""
+        if fidelity is None or not self.train_images:
+            return 1.0
+        b = self.batch_size
+        return (fidelity // b * b) / (self.train_images // b * b)
 
     def wrap(self, inner_map: Callable, unordered: Callable | None = None) -> Callable:
         """A ``toolbox.map`` that takes pending rows first, answers masks scored before from the cache, evaluates

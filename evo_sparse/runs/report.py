@@ -16,6 +16,20 @@ def _replicates(s: dict[str, Any]) -> str:
     return f" ({r} replicates of {s['train_images_per_eval'] // r:,})" if r > 1 else ""
 
 
+def _progress(s: dict[str, Any]) -> str:
+    done = (
+        f"{s['generations_done']} asks"
+        if s.get("kind") == "ask/tell"
+        else f"{s['generations_done']}/{s['generations']} generations"
+    )
+    spent = s.get("trainings")
+    if spent is None:
+        return done
+    budget = f" of a budget of {s['budget']:g}" if s.get("budget") else ""
+    hits = f" ({s['cache_hits']} masks scored before, not trained again)" if s.get("cache_hits") else ""
+    return f"{done}, {spent:g} trainings{budget}{hits}"
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """A few lines: what ran, how far it got, the logbook and the best mask."""
     m = s["model"]
@@ -27,7 +41,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"model    {m['label']}: {m['params']:,} params, {m['macs'] / 1e6:.1f} MMACs dense, "
         f"{m['maskable_nodes']} maskable nodes" + ("" if m["batched"] else "; no batched form: one at a time"),
         f"data     {s.get('data') or '-'} on {s.get('device') or '-'}",
-        f"progress {s['generations_done']}/{s['generations']} generations, {state}",
+        f"progress {_progress(s)}, {state}",
         f"evals    {s['evaluations']} ({s['failed_evaluations']} failed), {s['train_images_per_eval']:,} training "
         f"images each{_replicates(s)}, {_num(s['eval_seconds_mean'], '.1f')} s each on average",
         noise_line(s["noise"]),

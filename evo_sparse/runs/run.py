@@ -148,6 +148,7 @@ def execute(
             layout,
             ckpt["evaluations"] if ckpt and not asks else 0,  # an ask/tell plug-in is replayed from its first ask
             train_images=cfg.train.train_images,
+            batch_size=cfg.train.batch_size,
             budget=cfg.search.budget or (cfg.search.weedout_trainings if asks else None),
             strict=cfg.search.algorithm if asks else None,
         )
@@ -167,7 +168,7 @@ def execute(
             journal.on_row = board.evaluation
         if ckpt:
             log(f"resuming at generation {done_before + 1}" + ("" if asks else f" of {cfg.search.generations}"))
-        progress = Progress(cfg.search, enabled=show_progress)
+        progress = Progress(cfg.search, enabled=show_progress, budget_left=journal.budget_left, asks=asks)
 
         def on_generation_start(gen, nevals):
             journal.gen = gen
@@ -295,6 +296,7 @@ def summarize(folder: str | Path) -> dict[str, Any]:
         "generations": cfg.search.generations,
         "generations_done": ckpt["next_generation"] if ckpt else 0,
         "finished": bool(ckpt) and checkpoint.finished(ckpt, cfg),
+        "kind": ckpt.get("kind", "builtin") if ckpt else None,
         "evaluations": len(journal),
         "trainings": trainings(journal),
         "cache_hits": sum(r.get("cache") is not None for r in journal),

@@ -137,13 +137,19 @@ def _algorithm(name: str, target: Any, version: str) -> Algorithm:
 
 
 def fingerprint(target: Any) -> str:
-    """12 hex digits of the SHA-256 of the file that defines ``target`` (its source code)."""
+    """12 hex digits of the SHA-256 of the file that defines ``target``: its source, else its compiled file, else (a
+    module with no file) its module and name, the same in every process."""
     module = sys.modules.get(getattr(target, "__module__", ""), None)
-    try:
-        path = inspect.getsourcefile(module) if module is not None else None
-        data = open(path, "rb").read() if path else repr(target).encode()
-    except (OSError, TypeError):
-        data = repr(target).encode()
+    data = f"{getattr(target, '__module__', '')}:{getattr(target, '__qualname__', type(target).__name__)}".encode()
+    for find in (lambda: inspect.getsourcefile(module), lambda: getattr(module, "__file__", None)):
+        try:
+            path = find() if module is not None else None
+            if path:
+                with open(path, "rb") as f:
+                    data = f.read()
+                break
+        except (OSError, TypeError):
+            continue
     return hashlib.sha256(data).hexdigest()[:12]
 
 
@@ -251,7 +257,23 @@ def install(toolbox: Any, algorithm: Algorithm, options: dict[str, Any]) -> Any:
         for op in OPERATORS:
             if getattr(toolbox, op) is not before[op]:
                 toolbox.register(op, _guarding(name, op, getattr(toolbox, op)))
+        toolbox.register("check", _checking(name, toolbox.check))
     return None
+
+
+def _checking(name: str, check: Callable) -> Callable:
+    """``toolbox.check`` whose refusal of a mask the plug-in's operators made is an AlgorithmError naming it."""
+
+    def call(genome) -> None:
+        try:
+            check(genome)
+        except ValueError as exc:
+            raise AlgorithmError(
+                f"algorithm {name}: its operators made {exc}; what was scored is kept, fix the plug-in and run the "
+                "same command to resume"
+            ) from None
+
+    return call
 
 
 def _guarding(name: str, op: str, fn: Callable) -> Callable:

@@ -37,11 +37,25 @@ GENERATION_SLACK = 4
 
 
 def parse_algorithms(text: str) -> list[tuple[str, str]]:
-    """``"weedout,pkg.mod:Search[eta=3,rungs=2]"`` as ``[("weedout", ""), ("pkg.mod:Search", "eta=3,rungs=2")]``."""
+    """``"weedout,pkg.mod:Search[eta=3,rungs=2]"`` as ``[("weedout", ""), ("pkg.mod:Search", "eta=3,rungs=2")]``;
+    ConfigError naming the entry as written when one is not ``name`` or ``name[key=value,...]``."""
+    entries, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            entries.append(current)
+            current = ""
+        else:
+            current += char
+    entries.append(current)
     out = []
-    for m in re.finditer(r"\s*([^,\[\]]+?)\s*(?:\[([^\]]*)\])?\s*(?:,|$)", text.strip()):
-        if m.group(1):
-            out.append((m.group(1), (m.group(2) or "").strip()))
+    for entry in entries:
+        m = re.fullmatch(r"\s*([^,\[\]\s]+)\s*(?:\[([^\[\]]*)\])?\s*", entry)
+        if not m:
+            raise ConfigError(
+                f"--algorithms: cannot read {entry.strip()!r}; write each algorithm as name or name[key=value,...]"
+            )
+        out.append((m.group(1), (m.group(2) or "").strip()))
     return out
 
 
