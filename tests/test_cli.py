@@ -80,7 +80,7 @@ def test_best_never_decreases_and_fitness_beats_chance(smoke_run):
 
 def test_show_text_summary(smoke_run):
     out = invoke("show", str(smoke_run)).stdout
-    assert "weedout" in out and "3/3 generations, finished" in out and "WRN-10-1" in out
+    assert "weedout" in out and "3/3 generations, 12 trainings, finished" in out and "WRN-10-1" in out
 
 
 def test_rerun_of_finished_run_changes_nothing(smoke_run):

@@ -41,6 +41,7 @@ class Progress:
         self.gen = self.done_in_gen = self.nevals = 0
         self.start = time.perf_counter()
         self.first: float | None = None  # when the first evaluation computed here started
+        self.left_at_first: float | None = None  # the budget left then
 
     def _write(self, text: str, final: bool = False) -> None:
         if not self.enabled:
@@ -61,6 +62,17 @@ class Progress:
         count = self.nevals - self.done_in_gen + later * (self.cfg.population - self.cfg.survivors)
         return count if left is None else max(0.0, min(count, left))
 
+    def _eta(self) -> str:
+        """Wall-clock time per evaluation computed here times the evaluations left; for an ask/tell run, whose
+        trainings differ in length, time per training of the budget spent here times the trainings left."""
+        if not self.seconds:
+            return "?"
+        elapsed = time.perf_counter() - self.first
+        left = self.budget_left()
+        if self.asks and left is not None and self.left_at_first is not None and self.left_at_first > left:
+            return format_seconds(elapsed / (self.left_at_first - left) * left)
+        return format_seconds(elapsed / len(self.seconds) * self.remaining_evaluations())
+
     def _where(self) -> str:
         return f"ask {self.gen + 1}" if self.asks else f"gen {self.gen + 1}/{self.cfg.generations}"
 
@@ -68,6 +80,7 @@ class Progress:
         self.gen, self.nevals, self.done_in_gen = gen, nevals, 0
         if self.first is None:
             self.first = time.perf_counter()
+            self.left_at_first = self.budget_left()
 
     def evaluated(self, record: dict, reused: bool = False) -> None:
         self.done_in_gen += 1
@@ -77,8 +90,7 @@ class Progress:
         if fit is not None and (self.best is None or fit > self.best):
             self.best = fit
         mean = sum(self.seconds) / len(self.seconds) if self.seconds else None
-        wall_rate = (time.perf_counter() - self.first) / len(self.seconds) if self.seconds else None
-        eta = format_seconds(wall_rate * self.remaining_evaluations()) if wall_rate is not None else "?"
+        eta = self._eta()
         shown = "failed" if fit is None else f"{fit:.4f}"
         best = "-" if self.best is None else f"{self.best:.4f}"
         speed = f"{mean:.1f}s/eval" if mean is not None else "reused"
