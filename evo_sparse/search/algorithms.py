@@ -286,14 +286,7 @@ def evolve(
         for ind in invalid:
             toolbox.check(ind)
         hooks.on_generation_start(gen, len(invalid))
-        evaluated, cut = [], False
-        for ind, record in zip(invalid, toolbox.map(toolbox.evaluate, invalid), strict=True):
-            if record is None:
-                cut = True
-                continue
-            assign(ind, record)
-            hooks.on_evaluated(gen, len(evaluated), ind)
-            evaluated.append(ind)
+        evaluated, cut = evaluate_all(toolbox, invalid, gen, hooks)
         if cut:
             population = [ind for ind in population if ind.fitness.valid]
         record_generation(state, gen, population, len(evaluated), stats)
@@ -301,6 +294,20 @@ def evolve(
         state.finished = cut or (left is not None and left <= 0)
         hooks.on_generation_end(state)
     return state
+
+
+def evaluate_all(toolbox: base.Toolbox, individuals: list, gen: int, hooks: Hooks) -> tuple[list, bool]:
+    """Evaluate ``individuals`` with ``toolbox.map`` in order, ``hooks.on_evaluated`` after each; (the evaluated
+    ones, whether the budget left some unevaluated: the map yields None for those)."""
+    evaluated, cut = [], False
+    for ind, record in zip(individuals, toolbox.map(toolbox.evaluate, individuals), strict=True):
+        if record is None:
+            cut = True
+            continue
+        assign(ind, record)
+        hooks.on_evaluated(gen, len(evaluated), ind)
+        evaluated.append(ind)
+    return evaluated, cut
 
 
 def record_generation(state: SearchState, gen: int, population: list, nevals: int, stats: tools.Statistics) -> None:

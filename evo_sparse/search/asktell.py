@@ -17,7 +17,7 @@ from deap import base, creator, tools
 
 from evo_sparse.foundations.config import SearchConfig
 from evo_sparse.foundations.errors import AlgorithmError
-from evo_sparse.search.algorithms import Hooks, SearchState, assign, record_generation, statistics
+from evo_sparse.search.algorithms import Hooks, SearchState, evaluate_all, record_generation, statistics
 from evo_sparse.search.plugins import guarded
 
 # proposals in a row that cost no training (all scored before) before a plug-in is taken to loop without proposing
@@ -37,15 +37,8 @@ def run(toolbox: base.Toolbox, cfg: SearchConfig, searcher: Any, name: str, hook
         individuals = [individual(toolbox, name, p) for p in _listed(name, proposals)]
         hooks.on_generation_start(gen, len(individuals))
         left_before = hooks.budget_left()
-        told, fitnesses, cut = [], [], False
-        for ind, record in zip(individuals, toolbox.map(toolbox.evaluate, individuals), strict=True):
-            if record is None:
-                cut = True
-                continue
-            assign(ind, record)
-            hooks.on_evaluated(gen, len(told), ind)
-            told.append(ind)
-            fitnesses.append(ind.record["fitness"] if ind.record.get("status") == "ok" else None)
+        told, cut = evaluate_all(toolbox, individuals, gen, hooks)
+        fitnesses = [ind.record["fitness"] if ind.record.get("status") == "ok" else None for ind in told]
         if told:
             scored = [_proposal(i) for i in told]
             guarded(name, "tell()", lambda scored=scored, fitnesses=fitnesses: searcher.tell(scored, fitnesses))
