@@ -61,8 +61,11 @@ NOISE_CAPTIONS = {
 def fitness_over_generations(summaries: list[dict[str, Any]], out: Path) -> Path:
     """Best (solid, markers) and population mean (faint) fitness per generation, averaged over the seeds of each
     setting (algorithm, sparsity, population, generations; a run given twice counts once), the best with a band of
-    ± the noise of one fitness value (``fitness_noise``) so that a gain can be read against it."""
+    ± the noise of one fitness value (``fitness_noise``) so that a gain can be read against it. Ask/tell runs have
+    asks, not generations (each ask's best is not a best so far): they are left to ``best_so_far``."""
     groups = defaultdict(list)
+    asks = {s["algorithm"] for s in summaries if s.get("kind") == "ask/tell"}
+    summaries = [s for s in summaries if s.get("kind") != "ask/tell"]
     for s in {s["run_dir"]: s for s in summaries if s["logbook"]}.values():
         groups[(s["algorithm"], s["sparsity"], s.get("population_size"), s.get("generations"))].append(s)
     fig = Figure(figsize=(6, 4.4))
@@ -88,9 +91,17 @@ def fitness_over_generations(summaries: list[dict[str, Any]], out: Path) -> Path
         data.append(entry | {"noise_half_width": None if half is None else half.tolist()})
     ax.set(xlabel="generation", ylabel="fitness (early validation accuracy)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    images = sorted({s["train_images_per_eval"] for s in summaries if s.get("train_images_per_eval")})
-    brief = f"a brief training of {count_text(images)} images" if images else "a brief training"
-    noise_text = ";\n".join(sorted(set(captions)))
+    images = sorted(
+        {s["train_images_per_eval"] // s.get("replicates", 1) for s in summaries if s.get("train_images_per_eval")}
+    )
+    replicates = sorted({s.get("replicates", 1) for s in summaries})
+    one = f"brief training of {count_text(images)} images" if images else "brief training"
+    many = f"the mean of {count_text(replicates)} {one.replace('training', 'trainings')}"
+    brief = f"a {one}" if replicates == [1] else many
+    noise_text = ";\n".join(
+        sorted(set(captions))
+        + ([f"not drawn (ask/tell: asks, not generations): {', '.join(sorted(asks))}"] if asks else [])
+    )
     ax.set_title(
         f"Fitness over generations, each fitness {brief}\nmean over n={count_text(len(r) for r in groups.values())} "
         f"seeds per line (faint: population mean)\n{noise_text}",
