@@ -142,22 +142,21 @@ class Journal:
                         f"{self.gen + 1}, proposal {i + 1}): it must draw its randomness from toolbox.rng; delete the "
                         "run folder to start it again"
                     )
+                price = self._cost_of(key[1])
                 if cut:
                     ready[i] = None
                 elif key in self.cache:
                     ready[i] = self.append(i, self._hit(self.cache[key], key))
-                elif key in self.shared and not (
-                    self.budget is not None and self.used + planned + self._cost_of(key[1]) > self.budget + _EPSILON
-                ):
-                    planned += self._cost_of(key[1])
-                    shared = self._hit(self.shared[key], key, "shared") | {"cost": self._cost_of(key[1])}
-                    ready[i] = self.append(i, shared | {"cached_from": self.shared[key]["cached_from"]})
                 elif key in first:
                     copies.setdefault(first[key], []).append(i)
-                elif self.budget is not None and self.used + planned + self._cost_of(key[1]) > self.budget + _EPSILON:
+                elif self.budget is not None and self.used + planned + price > self.budget + _EPSILON:
                     cut, ready[i] = True, None
+                elif key in self.shared:  # scored by another run: not trained, but paid for
+                    planned += price
+                    shared = self._hit(self.shared[key], key, "shared") | {"cost": price}
+                    ready[i] = self.append(i, shared | {"cached_from": self.shared[key]["cached_from"]})
                 else:
-                    first[key], planned = i, planned + self._cost_of(key[1])
+                    first[key], planned = i, planned + price
                     todo.append(i)
             for i in [c for cs in copies.values() for c in cs]:
                 ready.setdefault(i, None)  # filled when the first of its key finishes

@@ -87,14 +87,15 @@ def check_config(paths: RunPaths, cfg: RunConfig) -> bool:
 
 
 def search_finished(cfg: RunConfig) -> bool:
-    """Whether the search ``cfg`` names has done every generation (its folder's config and checkpoint checked)."""
+    """Whether the search ``cfg`` names is finished: every generation done or its budget spent (its folder's config
+    and checkpoint checked)."""
     cfg = plugins.identify(cfg)[0]
     paths = RunPaths(run_folder(cfg))
     return check_config(paths, cfg) and is_finished(paths, cfg, layout_of(cfg))
 
 
 def is_finished(paths: RunPaths, cfg: RunConfig, layout: Layout) -> bool:
-    """True when the folder's checkpoint (checked against ``cfg``) has done every generation."""
+    """True when the folder's checkpoint (checked against ``cfg``) is of a finished run (``checkpoint.finished``)."""
     if not paths.checkpoint.exists():
         return False
     return checkpoint.finished(checkpoint.read(paths.checkpoint, cfg, layout), cfg)
@@ -149,7 +150,7 @@ def execute(
             ckpt["evaluations"] if ckpt and not asks else 0,  # an ask/tell plug-in is replayed from its first ask
             train_images=cfg.train.train_images,
             batch_size=cfg.train.batch_size,
-            budget=cfg.search.budget or (cfg.search.weedout_trainings if asks else None),
+            budget=cfg.search.trainings if asks or cfg.search.budget else None,  # generational: the generations
             strict=cfg.search.algorithm if asks else None,
         )
         journal.check_failures(cfg.search.max_failed_share)  # a run stopped for failures stays stopped until allowed

@@ -169,7 +169,7 @@ def make_toolbox(
     tb.register("check", check_genome, layout=layout, counts=counts, total=total)
     tb.layout, tb.rng, tb.options = layout, random, {}
     tb.sparsity, tb.population_size, tb.keep = cfg.sparsity, cfg.population, cfg.survivors
-    tb.budget, tb.train_images, tb.batch_size = cfg.budget or cfg.weedout_trainings, train_images, batch_size
+    tb.budget, tb.train_images, tb.batch_size = cfg.trainings, train_images, batch_size
     tb.cxpb, tb.mutpb = (0.0, 1.0) if cfg.algorithm == "weedout" else (cfg.cxpb, cfg.mutpb)
     return tb
 

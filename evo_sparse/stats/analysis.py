@@ -248,11 +248,7 @@ def analyse(rows: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
                 "found_minus_random_ci": test["difference"]["ci"],
                 "found_minus_random_df": test["difference"]["df"],
                 "mann_whitney_u": test["u"],
-                "p_value": test["p_value"],
-                "p_method": test["p_method"],
-                "p_min": test["p_min"],
-                "cliffs_delta": test["cliffs_delta"],
-                "note": test["note"],
+                **_test_fields(test),
                 "paired": _paired_by_seed(found, random, seed),
                 "early_vs_final": corr,
                 "noise_ceiling": noise_ceiling(found + random),
@@ -287,6 +283,11 @@ def _early_row(m: dict[str, Any]) -> dict[str, Any]:
     """A mask's early fitness by both measures, and its final accuracy (a row of ``early_vs_final["masks"]``)."""
     keys = ("kind", "seed", "index", "early_fitness", "early_fitness_heldout", "final_test_acc")
     return {k: m.get(k) for k in keys}
+
+
+def _test_fields(test: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a ``two_groups`` result that analysis.json and comparison.json report under their own names."""
+    return {k: test[k] for k in ("p_value", "p_method", "p_min", "cliffs_delta", "note")}
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -334,11 +335,7 @@ def compare_algorithms(
             "difference": _diff(test["a"]["mean"], test["b"]["mean"]),
             "difference_se": test["difference"]["se"],
             "difference_ci": test["difference"]["ci"],
-            "p_value": test["p_value"],
-            "p_method": test["p_method"],
-            "p_min": test["p_min"],
-            "cliffs_delta": test["cliffs_delta"],
-            "note": test["note"],
+            **_test_fields(test),
         }
         if by_seed is not None:
             mine, base = by_seed.get(name, {}), by_seed.get(names[0], {})
