@@ -30,6 +30,19 @@ def enumerated_wilcoxon(d) -> float:
     return min(1.0, 2 * min(np.mean(sums <= observed + 1e-9), np.mean(sums >= observed - 1e-9)))
 
 
+def enumerated_stratified(strata) -> float:
+    """Two-sided p of the summed within-stratum midrank sums of ``a``, over every split of every stratum."""
+    per = []
+    for a, b in strata:
+        ranks = stats.rankdata(np.concatenate([a, b]))
+        per.append(
+            (ranks[: len(a)].sum(), [ranks[list(c)].sum() for c in itertools.combinations(range(len(ranks)), len(a))])
+        )
+    observed = sum(o for o, _ in per)
+    sums = np.array([sum(c) for c in itertools.product(*(s for _, s in per))])
+    return min(1.0, 2 * min(np.mean(sums <= observed + 1e-9), np.mean(sums >= observed - 1e-9)))
+
+
 @pytest.mark.parametrize(
     "a, b, exact, normal",
     [
@@ -95,6 +108,32 @@ def test_wilcoxon_signed_rank_exact_with_ties_and_zeros():
     resampled = significance.wilcoxon_signed_rank(many, exact_pairs=10, resamples=20_000)
     assert resampled["method"] == "permutation"
     assert resampled["p_value"] == pytest.approx(significance.wilcoxon_signed_rank(many)["p_value"], abs=0.02)
+
+
+def test_stratified_rank_sum_counts_every_split_within_strata():
+    strata = [
+        ([0.61, 0.63, 0.60], [0.58, 0.60, 0.59]),  # a tie across the groups
+        ([0.50, 0.52], [0.49, 0.51, 0.47]),  # unequal sizes
+        ([0.70, 0.72, 0.71], [0.72, 0.69, 0.68]),
+    ]
+    out = significance.stratified_rank_sum(strata)
+    assert out["method"] == "exact" and out["strata"] == 3
+    assert out["p_value"] == pytest.approx(enumerated_stratified(strata))
+    assert out["w"] == pytest.approx(sum(stats.rankdata(np.concatenate(s))[: len(s[0])].sum() for s in strata))
+    assert out["expected_w"] == pytest.approx(3 * 7 / 2 + 2 * 6 / 2 + 3 * 7 / 2)
+    assert 0 < out["min_p"] <= out["p_value"] <= 1
+    one = strata[:1]  # one stratum is the exact Mann-Whitney U test
+    assert significance.stratified_rank_sum(one)["p_value"] == pytest.approx(
+        significance.mann_whitney(*one[0])["p_value"]
+    )
+    # A shift that is the same in every stratum but smaller than the differences between strata: the pooled test
+    # misses it, the stratified one does not.
+    shifted = [
+        ([base + 0.011 + 0.001 * i for i in range(4)], [base + 0.001 * i for i in range(4)]) for base in (0.5, 0.6, 0.7)
+    ]
+    pooled = significance.mann_whitney(sum((a for a, _ in shifted), []), sum((b for _, b in shifted), []))
+    assert significance.stratified_rank_sum(shifted)["p_value"] < 0.01 < pooled["p_value"]
+    assert significance.stratified_rank_sum([([0.5], [])])["note"] == "no stratum has values of both groups"
 
 
 def test_welch_and_paired_intervals_match_scipy():
@@ -172,6 +211,14 @@ def test_analyse_reports_paired_tests_intervals_and_per_kind_correlations():
     assert by_kind["found"]["kendall_tau_ci"] is not None and by_kind["found"]["n"] == 9
     assert s["noise_ceiling"]["std"] == pytest.approx(math.sqrt(0.004**2 / 2))  # every mask: two seeds 0.004 apart
     assert s["variance_components"]["found"]["replicates"] == 2 and s["variance_components"]["both"]["masks"] == 18
+    within = s["within_seed"]
+    assert within["seeds"] == [0, 1, 2] and within["strata"] == 3 and within["method"] == "exact"
+    masks = analysis.masks_of(rows)
+    accs = {(m["seed"], m["kind"]): [] for m in masks}
+    for m in masks:
+        accs[m["seed"], m["kind"]].append(round(m["final_test_acc"], 9))  # rounded: float sums would break ties
+    by_seed = [(accs[k, "found"], accs[k, "random"]) for k in range(3)]
+    assert within["p_value"] == pytest.approx(enumerated_stratified(by_seed)) and within["p_value"] < pair["p_value"]
     assert "paired p=0.250 (n=3)" in analysis.format_analysis(analysis.analyse(rows))
 
 

@@ -3,12 +3,13 @@
 The unit of every test is a *mask*: its training seeds are averaged first, so that trainings of one mask are never
 counted as independent samples. Per sparsity: found vs random final test accuracy (mean ± std, the difference of means
 with its Welch SE and 95% t interval, two-sided exact Mann-Whitney U, Cliff's delta = the rank-biserial correlation),
-the same paired by search seed (found - random of a seed's mean accuracies, exact Wilcoxon signed-rank), Kendall τ and
-Spearman ρ between early fitness and final accuracy, pooled and within each kind, with seeded percentile-bootstrap CIs
-(early fitness: the held-out replicate's when every mask has one, free of the winner's curse of the search's own value,
-else the search's; ``early_measure`` says which), the noise ceiling (pooled within-mask std across training seeds),
-variance components of final accuracy (mask vs training seed, ICC(1) with a bootstrap CI: can one final training tell
-masks apart at all?), and convergence (epochs to reach a target validation accuracy). GA vs Random Search: the best
+the same paired by search seed (found - random of a seed's mean accuracies, exact Wilcoxon signed-rank) and blocked by
+it (masks ranked within their seed, exact stratified rank sum: the power of every mask, free of seed effects), Kendall τ
+and Spearman ρ between early fitness and final accuracy, pooled and within each kind, with seeded percentile-bootstrap
+CIs (early fitness: the held-out replicate's when every mask has one, free of the winner's curse of the search's own
+value, else the search's; ``early_measure`` says which), the noise ceiling (pooled within-mask std across training
+seeds), variance components of final accuracy (mask vs training seed, ICC(1) with a bootstrap CI: can one final training
+tell masks apart at all?), and convergence (epochs to reach a target validation accuracy). GA vs Random Search: the best
 fitness within an equal budget of evaluations, unpaired and paired by seed. Numbers that a sample too small (or
 constant) cannot give are None, with a note saying why. The tests themselves live in ``significance``.
 """
@@ -25,7 +26,7 @@ import numpy as np
 from scipy import stats
 
 from evo_sparse.stats.significance import clean as _clean  # measurement imports it from here
-from evo_sparse.stats.significance import mann_whitney, mean_difference, paired
+from evo_sparse.stats.significance import mann_whitney, mean_difference, paired, stratified_rank_sum
 
 BOOTSTRAP = 2000  # resamples for the rank-correlation CIs
 EARLY_KEYS = {"heldout": "early_fitness_heldout", "search": "early_fitness"}  # early-fitness measure: its field
@@ -250,6 +251,7 @@ def analyse(rows: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
                 "mann_whitney_u": test["u"],
                 **_test_fields(test),
                 "paired": _paired_by_seed(found, random, seed),
+                "within_seed": _within_seed(found, random),
                 "early_vs_final": corr,
                 "noise_ceiling": noise_ceiling(found + random),
                 "variance_components": variance_components(found + random, seed=seed),
@@ -277,6 +279,17 @@ def _paired_by_seed(found: list[dict], random: list[dict], seed: int) -> dict[st
     diffs = [float(np.mean(acc["found"][s]) - np.mean(acc["random"][s])) for s in seeds]
     unit = "search seed (mean over its masks of each kind)"
     return {"unit": unit} | paired(diffs, seed=seed) | {"seeds": seeds, "differences": diffs}
+
+
+def _within_seed(found: list[dict], random: list[dict]) -> dict[str, Any]:
+    """Found vs random with masks as the unit, blocked by search seed (``significance.stratified_rank_sum``: exact,
+    labels permuted within each seed), plus ``seeds``."""
+    by_seed = defaultdict(lambda: ([], []))
+    for m in found + random:
+        by_seed[m["seed"]][m["kind"] == "random"].append(m["final_test_acc"])
+    seeds = sorted(by_seed)
+    test = stratified_rank_sum([by_seed[s] for s in seeds])
+    return {"unit": "mask, ranked within its search seed"} | test | {"seeds": seeds}
 
 
 def _early_row(m: dict[str, Any]) -> dict[str, Any]:
@@ -364,7 +377,8 @@ def format_analysis(a: dict[str, Any]) -> str:
         lines.append(
             f"sparsity {s['sparsity']:<5}  found {ms(s['found'])} (n={s['found']['n']})  random {ms(s['random'])} "
             f"(n={s['random']['n']})  p={num(s['p_value'])}  paired p={num(pair.get('p_value'))} "
-            f"(n={pair.get('n', 0)})  delta={num(s['cliffs_delta'], '+.2f')}  "
+            f"(n={pair.get('n', 0)})  within-seed p={num((s.get('within_seed') or {}).get('p_value'))}  "
+            f"delta={num(s['cliffs_delta'], '+.2f')}  "
             f"tau={num(c['kendall_tau'], '+.2f')} ({c.get('early_measure', 'search')} early fitness)  "
             f"noise std={num(s['noise_ceiling']['std'], '.4f')}"
         )
