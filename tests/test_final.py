@@ -229,3 +229,25 @@ def test_a_result_written_before_the_held_out_early_fitness_is_kept_not_retraine
     path.write_text(json.dumps(old))
     assert final.pending([job]) == []
     assert final.execute([job], device="cpu", workers=1) == [old]
+
+
+def test_more_final_masks_than_the_hall_of_fame_come_from_the_runs_journal(tmp_path):
+    from evo_sparse.runs.run import execute
+
+    cfg = preset("smoke").updated(
+        {"backend": "local", "runs_dir": str(tmp_path), "data.val_size": 100, "train.train_images": 64}
+        | {"search.population": 4, "search.generations": 2}
+    )
+    run_dir = execute(cfg, log=lambda _: None, show_progress=False)
+    ckpt = json.loads((run_dir / "checkpoint.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+    hall = [e["mask"] for e in ckpt["hall_of_fame"]]
+    assert len(hall) == cfg.search.survivors == 2
+    jobs = final.run_jobs(run_dir, final_preset("smoke").updated({"masks": 4, "seeds": 1}), dense=False)
+    found = [j for j in jobs if j.kind == "found"]
+    assert [j.index for j in found] == [0, 1, 2, 3] and sum(j.kind == "random" for j in jobs) == 4
+    assert [j.mask for j in found[:2]] == hall  # the hall of fame first, as it is
+    rest = sorted({r["mask"]: r["fitness"] for r in rows if r["mask"] not in hall}.items(), key=lambda x: -x[1])
+    assert [j.mask for j in found[2:]] == [m for m, _ in rest[:2]]  # then the journal's next best, each mask once
+    assert [j.early["fitness"] for j in found] == sorted((j.early["fitness"] for j in found), reverse=True)
+    assert all("mask" not in j.early and "gen" not in j.early for j in found)  # a record, as the hall of fame keeps it

@@ -36,8 +36,9 @@ from evo_sparse.foundations.config import (
 from evo_sparse.foundations.errors import ConfigError, RunStateError
 from evo_sparse.foundations.paths import RunPaths, dense_folder, final_folder, final_folders, result_files, result_name
 from evo_sparse.foundations.seeds import derive
-from evo_sparse.foundations.storage import SCHEMA_VERSION, read_json, write_json
+from evo_sparse.foundations.storage import SCHEMA_VERSION, read_json, read_jsonl, write_json
 from evo_sparse.models.masks import Mask, sample
+from evo_sparse.runs.journal import Journal
 from evo_sparse.study.final_network import heldout_replicate, lost_record, train_network
 
 KINDS = ("found", "random", "dense")
@@ -119,8 +120,7 @@ def run_jobs(run_dir: str | Path, final: FinalConfig, *, dense: bool = True) -> 
     final.validate()
     check_batch_size(cfg, final)
     layout = layout_of(cfg)
-    k = final.masks or cfg.search.survivors
-    found = [e for e in ckpt["hall_of_fame"] if e["record"].get("status") == "ok"][:k]
+    found = found_masks(run_dir, ckpt, final.masks or cfg.search.survivors)
     if not found:
         raise RunStateError(f"run {run_dir} found no mask whose evaluation succeeded; nothing to train")
     folder = final_folder(Path(run_dir), final)
@@ -134,6 +134,25 @@ def run_jobs(run_dir: str | Path, final: FinalConfig, *, dense: bool = True) -> 
     if dense:
         jobs += dense_jobs(cfg, Path(run_dir).parent.parent, final)
     return jobs
+
+
+def found_masks(run_dir: str | Path, ckpt: dict[str, Any], k: int) -> list[dict[str, Any]]:
+    """A finished run's best ``k`` masks as ``{"mask", "record"}``, best first: its hall of fame (``--keep`` masks),
+    then, when ``k`` asks for more, the next best masks its journal scored at the run's own training length (each
+    mask once; a cut budget's run never scored past its budget). Failed evaluations are never among them."""
+    found = [e for e in ckpt["hall_of_fame"] if e["record"].get("status") == "ok"][:k]
+    if len(found) < k:
+        seen = {e["mask"] for e in found}
+        rows = [
+            r
+            for r in read_jsonl(RunPaths(Path(run_dir)).evaluations, repair=False)
+            if r.get("status") == "ok" and r.get("fidelity") is None
+        ]
+        for row in sorted(rows, key=lambda r: -r["fitness"]):  # stable: of equal fitness, the first scored first
+            if len(found) < k and row["mask"] not in seen:
+                seen.add(row["mask"])
+                found.append({"mask": row["mask"], "record": Journal.kept(row)[0]})
+    return found
 
 
 def dense_jobs(cfg: RunConfig, runs_dir: Path, final: FinalConfig) -> list[Job]:
