@@ -128,36 +128,23 @@ def test_a_diverging_training_is_a_failed_record_not_a_crash():
 
 
 # Recorded from the final training of before the one trainer (its own loop and schedules in study/final.py), on the
-# CPU (x86-64, torch 2.x, one thread): the mask's network trained under a recipe of each kind the presets use.
+# CPU (x86-64, torch 2.x, one thread): the mask's network trained under a recipe of each kind the presets use. Another
+# CPU's kernels round differently, and SGD grows a last-bit difference: two epochs gave a test accuracy (100 images) of
+# 0.40 where they were recorded and 0.46 on an AMD EPYC. So what must hold everywhere is compared as it was recorded
+# (the images trained, the held-out early fitness) and the first epoch's mean training loss to 1e-3, where rounding
+# has not grown yet (2.22001 there, 2.22034 on the EPYC); the rest must repeat exactly on the machine that runs it.
 RECORDED_MASK = "m1:a26750:gAkJgAAaEkAxEAICgAwGBgFABGIBOACSACSkIA"
 RECORDED = {
-    "onecycle": (
-        {},
-        {
-            "val_acc": [0.17, 0.48],
-            "val_loss": [2.0482113647460936, 1.5340245056152344],
-            "train_loss": [2.220005989074707, 1.772525429725647],
-            "final_test_acc": 0.4,
-            "test_loss": 1.6868954467773438,
-            "train_images": 2048,
-        },
-    ),
+    "onecycle": ({}, {"first_train_loss": 2.220005989074707, "train_images": 2048}),
     "step": (
         {"schedule": "step", "epochs": 3, "lr": 0.1},
-        {
-            "val_acc": [0.1, 0.3, 0.32],
-            "val_loss": [3.1357342529296877, 1.9956143188476563, 1.9521598815917969],
-            "train_loss": [2.283186912536621, 2.1021647453308105, 2.0142412185668945],
-            "final_test_acc": 0.27,
-            "test_loss": 2.0063037109375,
-            "train_images": 3072,
-        },
+        {"first_train_loss": 2.283186912536621, "train_images": 3072},
     ),
 }
 
 
 @pytest.mark.parametrize("schedule", list(RECORDED))
-def test_final_training_on_the_cpu_gives_the_recorded_values_of_its_former_loop(schedule):
+def test_final_training_on_the_cpu_gives_its_former_loops_values_and_repeats_exactly(schedule):
     """The one trainer changed nothing on the CPU where the recipe warms up (every preset does): fp32, no
     channels_last, the same operations in the same order, and a NaN check every step there (``CHECK_EVERY``). The
     onecycle formula is now the brief training's, ``(steps - step) / (steps - up)`` for ``1 - (step - up) / (steps -
@@ -171,8 +158,12 @@ def test_final_training_on_the_cpu_gives_the_recorded_values_of_its_former_loop(
     job = final.Job(cfg, recipe, "random", 0, 0, RECORDED_MASK, 0.8, early, None, "here")
     record = final_network.train_network(job, evaluator, splits)
     assert record["status"] == "ok" and record["early_fitness_heldout"] == 0.23
-    assert {k: record[k] for k in expected} == expected
+    assert record["train_images"] == expected["train_images"]
+    assert record["train_loss"][0] == pytest.approx(expected["first_train_loss"], abs=1e-3)
     assert len(record["epoch_seconds"]) == recipe.epochs and record["train_loss"][-1] < record["train_loss"][0]
+    again = final_network.train_network(job, Evaluator(cfg, splits), splits)
+    timed = ("seconds", "epoch_seconds")
+    assert {k: v for k, v in again.items() if k not in timed} == {k: v for k, v in record.items() if k not in timed}
 
 
 def test_every_network_gets_its_early_fitness_again_under_a_replicate_the_search_never_saw(tmp_path):
