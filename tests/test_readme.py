@@ -39,3 +39,13 @@ def test_main_command_is_the_cpu_preset_with_10_by_20():
 def test_every_run_option_is_documented():
     for option in [*RUN_OPTIONS, "preset"]:
         assert f"`--{option}`" in README, option
+
+
+def test_every_figure_and_file_the_readme_links_is_in_the_repository():
+    """An image or link into the repository (``![..](plots/x.png)``, ``[..](examples/x.py)``) points at a file that
+    exists, so a redrawn or moved study cannot leave the README showing a figure that is gone."""
+    targets = re.findall(r"\]\(([^)\s]+)\)", README)
+    local = [t for t in targets if not re.match(r"[a-z]+://|#", t)]
+    assert local, "the README links no figure"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README links files that do not exist: {missing}"
