@@ -122,6 +122,39 @@ def test_early_vs_final_says_which_early_fitness_it_shows(tmp_path):
     assert sidecar["early_measure"] == "search" and "as the search measured it" in sidecar["early_label"]
 
 
+def test_early_vs_final_caption_gives_the_trainings_behind_its_early_fitness(tmp_path):
+    """A search's fitness is the mean of its replicates; the held-out measure is one training of one replicate."""
+    rows = fabricated_rows()
+    plots.early_vs_final(rows, tmp_path / "search", brief_images=[2048], replicates=[2])
+    caption = json.loads((tmp_path / "search" / "early_vs_final.json").read_text())["captions"][0]
+    assert "the mean of 2 trainings of 2,048 training images" in caption
+    for r in rows:
+        r["early_fitness_heldout"] = r["early_fitness"]
+    plots.early_vs_final(rows, tmp_path / "heldout", brief_images=[2048], replicates=[2])
+    caption = json.loads((tmp_path / "heldout" / "early_vs_final.json").read_text())["captions"][0]
+    assert "one training of 2,048 training images under a replicate the search never saw" in caption
+
+
+def test_a_long_title_is_wrapped_to_the_width_of_its_figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.8, 3.8))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    text = "Final test accuracy after 1 epoch of training, n=18 masks per kind and sparsity (legend)"
+    fig.suptitle(f"{text}\nsecond line", fontsize=9)
+    ax.set_title(text, fontsize=8)
+    plot_style.fit_titles(fig)
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    width = fig.get_window_extent(renderer).width
+    for title in (fig.texts[0], ax.title):
+        box = title.get_window_extent(renderer)
+        assert "\n" in title.get_text() and box.x0 >= 0 and box.x1 <= width
+    assert fig.texts[0].get_text().endswith("\nsecond line")  # its own line breaks kept
+
+
 def test_same_data_same_files(tmp_path):
     rows = fabricated_rows()
     plots.accuracy_vs_sparsity(rows, tmp_path / "a")

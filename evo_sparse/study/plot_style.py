@@ -8,6 +8,7 @@ kind and algorithm also has its own marker, so nothing is told by colour alone.
 from __future__ import annotations
 
 import math
+import textwrap
 import zlib
 from collections import defaultdict
 from pathlib import Path
@@ -39,6 +40,7 @@ STYLES = {  # name: (colour, marker)
 SPARE_COLORS = (OKABE_ITO["reddish purple"], OKABE_ITO["sky blue"], OKABE_ITO["yellow"])
 SPARE_MARKERS = ("P", "X", "*", "h", "<", ">")
 CYCLE = tuple(c for name, c in OKABE_ITO.items() if name not in ("black", "yellow"))  # lines with no kind
+CHAR_WIDTH = 0.58  # a title character's mean width in units of its font size (DejaVu Sans, with margin)
 REFERENCE_COLOR = "#555555"  # the Random Search reference and noise references: grey, dashed
 
 
@@ -56,15 +58,26 @@ def save(fig: Figure, out: Path, name: str, sources: list[str], data: Any, **met
     """``fig`` as ``<name>.png``, ``.pdf`` (no creation date) and a ``.json`` sidecar (the sources, the figure's
     ``captions``: its titles, and ``legend``: its legend entries, then ``meta`` and ``data``); the PNG's path."""
     out.mkdir(parents=True, exist_ok=True)
+    captions = [t.get_text() for t in fig.texts] + [ax.get_title() for ax in fig.axes if ax.get_title()]
+    fit_titles(fig)
     fig.tight_layout()
     fig.savefig(out / f"{name}.png", dpi=150)
     fig.savefig(out / f"{name}.pdf", metadata={"CreationDate": None})
-    captions = [t.get_text() for t in fig.texts] + [ax.get_title() for ax in fig.axes if ax.get_title()]
     legend = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
     text = {"captions": captions, "legend": legend}
     sidecar = {"figure": name, "sources": sorted(set(sources)), **text, **meta, "data": data}
     write_json(out / f"{name}.json", finite(sidecar))
     return out / f"{name}.png"
+
+
+def fit_titles(fig: Figure) -> None:
+    """Re-wrap the figure's titles (suptitle, axes titles) at word boundaries to the width they have, so that a long
+    caption over one narrow panel is not cut off at the figure's edge; the line breaks a title has are kept."""
+    width = fig.get_figwidth() * 72  # points
+    titles = [(t, width) for t in fig.texts] + [(ax.title, width * ax.get_position().width) for ax in fig.axes]
+    for text, points in titles:
+        chars = max(20, int(points / (CHAR_WIDTH * text.get_fontsize())))
+        text.set_text("\n".join(textwrap.fill(line, chars) for line in text.get_text().split("\n")))
 
 
 def finite(obj: Any) -> Any:

@@ -129,8 +129,10 @@ def draw_all(material: Material, out: str | Path) -> list[Path]:
     if ok:
         written += [accuracy_vs_sparsity(ok, out), validation_curves(ok, out), cost_vs_accuracy(ok, out)]
         if early_masks(ok)[1]:
-            brief = sorted({r["train_images_per_eval"] for r in material.runs if r.get("train_images_per_eval")})
-            written.append(early_vs_final(ok, out, brief_images=brief or None))
+            runs = [r for r in material.runs if r.get("train_images_per_eval")]
+            brief = sorted({r["train_images_per_eval"] // r.get("replicates", 1) for r in runs})
+            replicates = sorted({r.get("replicates", 1) for r in runs})
+            written.append(early_vs_final(ok, out, brief_images=brief or None, replicates=replicates or None))
     if any(r["logbook"] for r in material.runs):
         written.append(fitness_over_generations(material.runs, out))
     for c in material.comparisons:

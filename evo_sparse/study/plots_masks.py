@@ -71,7 +71,9 @@ def accuracy_vs_sparsity(rows: list[dict[str, Any]], out: Path) -> Path:
         if kind == "dense":
             ax.axhline(entry["mean"][0], color=color(kind), lw=0.8, ls=":")
     ax.set_xticks(range(len(levels)), [sparsity_label(s, fractions, "\n") for s in levels])
-    ax.set(xlabel="node sparsity (parameter sparsity)", ylabel="final test accuracy")
+    known = any(fractions.get(s) is not None for s in levels if s)  # parameter sparsity needs the dense parent
+    xlabel = "node sparsity (parameter sparsity)" if known else "node sparsity (no dense network: parameters unknown)"
+    ax.set(xlabel=xlabel, ylabel="final test accuracy")
     seeds = count_text(len(m["test_accs"]) for m in masks)
     ax.set_title(
         f"Final test accuracy after {epochs_text(rows)} of training, n={count_text(counts)} masks per kind and "
@@ -99,12 +101,15 @@ def tau_text(corr: dict[str, Any]) -> str:
     return f"{tau:+.2f}" + ("" if ci is None else f" [{ci[0]:+.2f}, {ci[1]:+.2f}]")
 
 
-def early_vs_final(rows: list[dict[str, Any]], out: Path, *, brief_images: list[int] | None = None) -> Path:
+def early_vs_final(
+    rows: list[dict[str, Any]], out: Path, *, brief_images: list[int] | None = None, replicates: list[int] | None = None
+) -> Path:
     """Early fitness vs final test accuracy per mask, a panel per sparsity with Kendall τ and its 95% bootstrap CI
     within each kind (the legend; selection restricts the found masks' range, so the pooled τ, in the title, partly
     measures found vs random), the numbers of ``analysis.analyse`` (same bootstrap, same CIs). The early fitness is the
     held-out replicate's when every mask has one, else the search's (the axis label and ``early_measure`` say);
-    ``brief_images``: the training images of one fitness, for the caption."""
+    ``brief_images``: the training images of one brief training and ``replicates``: the trainings a search's fitness
+    averages, for the caption (the held-out measure is one training)."""
     measure, masks = early_masks(rows)
     key = analysis.EARLY_KEYS[measure]
     fractions = param_sparsity(rows)
@@ -140,7 +145,16 @@ def early_vs_final(rows: list[dict[str, Any]], out: Path, *, brief_images: list[
                 "points": [{k: m[k] for k in keys} for m in here],
             }
         )
-    brief = f"{count_text(brief_images)} training images" if brief_images else "a brief training"
+    brief = "a brief training"
+    if brief_images:
+        images = f"{count_text(brief_images)} training images"
+        reps = set(replicates or [1])
+        if measure == "heldout":
+            brief = f"one training of {images} under a replicate the search never saw"
+        else:
+            brief = (
+                f"one training of {images}" if reps == {1} else f"the mean of {count_text(reps)} trainings of {images}"
+            )
     fig.suptitle(
         f"Early fitness ({brief}) vs final test accuracy ({epochs_text(rows)})\none point per mask (equal ones side "
         "by side); Kendall τ [95% bootstrap CI]",
@@ -160,7 +174,7 @@ def validation_curves(rows: list[dict[str, Any]], out: Path) -> Path:
     axes = fig.subplots(1, len(levels), squeeze=False)[0]
     data = []
     for ax, s in zip(axes, levels):
-        counts = []
+        counts, longest = [], 0
         for kind in KINDS:
             group = [m for m in masks if m["kind"] == kind and (kind == "dense" or m["sparsity"] == s)]
             if not group:
@@ -168,16 +182,22 @@ def validation_curves(rows: list[dict[str, Any]], out: Path) -> Path:
             n = min(len(c) for m in group for c in m["val_curves"])
             curves = [np.mean([c[:n] for c in m["val_curves"]], axis=0).tolist() for m in group]
             band = analysis.curve_band(curves)
-            epochs = np.arange(1, n + 1)
+            epochs = np.arange(1, n + 1) + (0.08 * (KINDS.index(kind) - 1) if n == 1 else 0)  # one epoch: side by side
             trainings = sum(len(m["val_curves"]) for m in group)
             label = f"{kind} (n={len(group)} masks, {trainings} trainings)"
             ax.plot(epochs, nan_array(band["mean"]), color=color(kind), marker=marker(kind), ms=3, label=label)
+            if n == 1 and band["low"][0] is not None:  # one epoch: the band is a bar
+                ax.errorbar(epochs, band["mean"], yerr=[[band["mean"][0] - band["low"][0]],
+                            [band["high"][0] - band["mean"][0]]], color=color(kind), capsize=3, lw=1)  # fmt: skip
             ax.fill_between(epochs, nan_array(band["low"]), nan_array(band["high"]), color=color(kind), alpha=0.15,
                             lw=0)  # fmt: skip
+            longest = max(longest, n)
             counts += [len(group)] if kind != "dense" else []
             data.append({"sparsity": s, "kind": kind, "n": len(group), "trainings": trainings} | band)
         ax.set(xlabel="epoch of the final training", ylabel="validation accuracy\n(band: 95% t-CI of the mean)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if longest == 1:
+            ax.set(xticks=[1], xlim=(0.5, 1.5))
         ax.set_title(f"sparsity {sparsity_label(s, fractions)}\nn={count_text(counts)} masks per kind", fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(
