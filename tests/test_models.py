@@ -391,7 +391,13 @@ _TINY_NET_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("memory_format", ("contiguous", "channels_last"))
+# channels_last: the oneDNN bug itself, which aborts the process on some CPUs (an AMD EPYC here) and not on others; the
+# code never trains a plain network in channels_last on the CPU (trainer.prepare), so this case records the bug and
+# fails nothing when it strikes.
+TORCH_BUG = pytest.mark.xfail(reason="oneDNN heap corruption (channels_last, < 8 input channels) on some CPUs")
+
+
+@pytest.mark.parametrize("memory_format", ("contiguous", pytest.param("channels_last", marks=TORCH_BUG)))
 def test_narrow_compacted_network_survives_forward_and_backward(memory_format):
     # Run in a child process: the failure mode seen before is a process abort (heap corruption in the CPU backward of
     # 1x1 stride-2 convs in channels_last with fewer than 8 input channels), which would take pytest down with it.
