@@ -160,6 +160,13 @@ def sparsity_label(s: float, fractions: dict[float, float | None], sep: str = " 
     return f"{s:g}" if p is None else f"{s:g}{sep}({p:.2f} params)"
 
 
+def brief_trainings(summaries: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """The training images of one brief training and the replicates a fitness averages, each sorted and distinct, over
+    runs' summaries (``runs.run.summarize``): what a caption says a fitness value is."""
+    images = {s["train_images_per_eval"] // s.get("replicates", 1) for s in summaries if s.get("train_images_per_eval")}
+    return sorted(images), sorted({s.get("replicates", 1) for s in summaries})
+
+
 def bars(values: list[float], cis: list) -> list[list[float]]:
     """Error bars (below, above) from 95% intervals; never negative, as a point estimate may lie a rounding step
     outside its bootstrap interval (a Kendall tau of -0.9999999999999999 with the interval [-1, -1])."""

@@ -40,6 +40,7 @@ from evo_sparse.foundations.paths import (
     is_dense_folder,
 )
 from evo_sparse.foundations.storage import read_json
+from evo_sparse.study.plot_style import brief_trainings
 from evo_sparse.study.plots_masks import (
     EARLY_LABELS,
     accuracy_vs_sparsity,
@@ -129,9 +130,7 @@ def draw_all(material: Material, out: str | Path) -> list[Path]:
     if ok:
         written += [accuracy_vs_sparsity(ok, out), validation_curves(ok, out), cost_vs_accuracy(ok, out)]
         if early_masks(ok)[1]:
-            runs = [r for r in material.runs if r.get("train_images_per_eval")]
-            brief = sorted({r["train_images_per_eval"] // r.get("replicates", 1) for r in runs})
-            replicates = sorted({r.get("replicates", 1) for r in runs})
+            brief, replicates = brief_trainings(material.runs)
             written.append(early_vs_final(ok, out, brief_images=brief or None, replicates=replicates or None))
     if any(r["logbook"] for r in material.runs):
         written.append(fitness_over_generations(material.runs, out))

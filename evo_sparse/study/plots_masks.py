@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from evo_sparse.stats import analysis
 from evo_sparse.study.plot_style import (
+    bars,
     color,
     count_text,
     dodge,
@@ -187,8 +188,8 @@ def validation_curves(rows: list[dict[str, Any]], out: Path) -> Path:
             label = f"{kind} (n={len(group)} masks, {trainings} trainings)"
             ax.plot(epochs, nan_array(band["mean"]), color=color(kind), marker=marker(kind), ms=3, label=label)
             if n == 1 and band["low"][0] is not None:  # one epoch: the band is a bar
-                ax.errorbar(epochs, band["mean"], yerr=[[band["mean"][0] - band["low"][0]],
-                            [band["high"][0] - band["mean"][0]]], color=color(kind), capsize=3, lw=1)  # fmt: skip
+                yerr = bars(band["mean"], [[band["low"][0], band["high"][0]]])
+                ax.errorbar(epochs, band["mean"], yerr=yerr, color=color(kind), capsize=3, lw=1)
             ax.fill_between(epochs, nan_array(band["low"]), nan_array(band["high"]), color=color(kind), alpha=0.15,
                             lw=0)  # fmt: skip
             longest = max(longest, n)

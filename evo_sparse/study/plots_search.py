@@ -18,6 +18,7 @@ from evo_sparse.study.plot_style import (
     CYCLE,
     REFERENCE_COLOR,
     bars,
+    brief_trainings,
     color,
     count_text,
     marker,
@@ -91,10 +92,7 @@ def fitness_over_generations(summaries: list[dict[str, Any]], out: Path) -> Path
         data.append(entry | {"noise_half_width": None if half is None else half.tolist()})
     ax.set(xlabel="generation", ylabel="fitness (early validation accuracy)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    images = sorted(
-        {s["train_images_per_eval"] // s.get("replicates", 1) for s in summaries if s.get("train_images_per_eval")}
-    )
-    replicates = sorted({s.get("replicates", 1) for s in summaries})
+    images, replicates = brief_trainings(summaries)
     one = f"brief training of {count_text(images)} images" if images else "brief training"
     many = f"the mean of {count_text(replicates)} {one.replace('training', 'trainings')}"
     brief = f"a {one}" if replicates == [1] else many
