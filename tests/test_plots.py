@@ -297,7 +297,18 @@ def test_best_so_far_draws_pure_random_search_from_generation_0_and_reads_old_co
     assert sidecar["random_reference"]["expected_best"] == pytest.approx(expected_best_of_n(values, 3))
     assert sidecar["budget_trainings"] == 3 and sidecar["data"] == c["bands"]
     assert "expected best of N i.i.d. random masks\n(gen-0 distribution, m=5 values)" in sidecar["legend"]
-    assert "trainings" in sidecar["captions"][0] and "of 3 trainings" in sidecar["captions"][0]
+    assert "of 3 evaluations" in sidecar["captions"][0]
     old = comparison() | {"budget_evaluations": 3}  # written before budget_trainings and the reference
     sidecar = json.loads(plots.best_so_far(old, tmp_path / "old").with_suffix(".json").read_text())
     assert sidecar["budget_trainings"] == 3 and sidecar["random_reference"] is None
+
+
+def test_a_comparisons_budget_says_how_many_trainings_one_fitness_evaluation_is(tmp_path):
+    c = comparison() | {"train_images_per_eval": 4096, "replicates": 2}
+    assert plot_style.evaluation_text(c) == "2 trainings of 2,048 images"
+    assert plot_style.evaluation_text(c | {"replicates": 1}) == "one training of 4,096 images"
+    assert (
+        plot_style.evaluation_text(comparison()) == "4,096 training images per replicate"
+    )  # written before replicates
+    sidecar = json.loads(plots.best_so_far(c, tmp_path).with_suffix(".json").read_text())
+    assert sidecar["evaluation"] == "2 trainings of 2,048 images"

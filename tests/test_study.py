@@ -197,7 +197,10 @@ def test_compare_prints_p_values_and_draws_best_so_far(tmp_path):
     args += ["--train-images", "64", "--val-size", "100"]  # the tiniest networks and trainings: plumbing only
     result = invoke(*args, "--workers", "1", "--quiet", "--runs-dir", str(tmp_path))
     folder = last_line(result)
-    assert "ga vs weedout: Mann-Whitney U p = " in result.stdout and "budget: 6 trainings of 64 images" in result.stdout
+    assert (
+        "ga vs weedout: Mann-Whitney U p = " in result.stdout
+        and "budget: 6 fitness evaluations of one training of 64 images" in result.stdout
+    )
     c = json.loads((folder / "comparison.json").read_text())
     assert c["budget_trainings"] == 6 and len(c["runs"]) == 4
     for r in c["runs"]:

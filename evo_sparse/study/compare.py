@@ -28,7 +28,7 @@ from evo_sparse.runs.journal import cost
 from evo_sparse.search import plugins
 from evo_sparse.stats import analysis
 from evo_sparse.stats.reference import best_of_n_sd, expected_best_of_n
-from evo_sparse.study import final, plots
+from evo_sparse.study import final, plot_style, plots
 from evo_sparse.study.paper import search_done, search_work
 
 # a generational algorithm other than Weedout gets this many times the generations it would need if every offspring
@@ -161,7 +161,9 @@ def compare(
         "algorithms": names,
         "sources": {a: s for a, s in sources.items() if s},
         "budget_trainings": budget,
-        "train_images_per_eval": base.train.train_images // base.train.batch_size * base.train.batch_size,
+        "train_images_per_eval": base.train.replicates
+        * (base.train.train_images // base.train.batch_size * base.train.batch_size),
+        "replicates": base.train.replicates,
         "summary": {a: analysis.summary(v) for a, v in finals.items()},
         "tests": analysis.compare_algorithms(finals, by_seed=_by_seed(entries, "best")),
         "bands": {a: analysis.curve_band([e["curve"] for e in entries if e["algorithm"] == a]) for a in names},
@@ -258,7 +260,7 @@ def format_comparison(c: dict[str, Any]) -> str:
     images = budget * c["train_images_per_eval"]
     width = max(10, *(len(a) for a in c["summary"]))
     lines = [
-        f"budget: {budget} trainings of {c['train_images_per_eval']:,} images ({images:,} training images) per run",
+        f"budget: {budget} fitness evaluations of {plot_style.evaluation_text(c)} ({images:,} training images) per run",
         f"{'algorithm':<{width}} {'runs':>4}  best fitness at budget (mean ± std)",
     ]
     reference = c.get("random_reference")

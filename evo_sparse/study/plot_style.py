@@ -167,6 +167,16 @@ def brief_trainings(summaries: list[dict[str, Any]]) -> tuple[list[int], list[in
     return sorted(images), sorted({s.get("replicates", 1) for s in summaries})
 
 
+def evaluation_text(comparison: dict[str, Any]) -> str:
+    """What one fitness evaluation of a comparison trained: ``"2 trainings of 2,048 images"`` (a comparison written
+    before it recorded ``replicates`` holds the images of one replicate's training only)."""
+    r = comparison.get("replicates")
+    per = comparison["train_images_per_eval"] // (r or 1)
+    if r is None:
+        return f"{per:,} training images per replicate"
+    return f"{r} trainings of {per:,} images" if r > 1 else f"one training of {per:,} images"
+
+
 def bars(values: list[float], cis: list) -> list[list[float]]:
     """Error bars (below, above) from 95% intervals; never negative, as a point estimate may lie a rounding step
     outside its bootstrap interval (a Kendall tau of -0.9999999999999999 with the interval [-1, -1])."""

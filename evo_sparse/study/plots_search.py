@@ -21,6 +21,7 @@ from evo_sparse.study.plot_style import (
     brief_trainings,
     color,
     count_text,
+    evaluation_text,
     marker,
     nan_array,
     save,
@@ -145,18 +146,18 @@ def best_so_far(comparison: dict[str, Any], out: Path) -> Path:
         ax.plot(np.arange(1, len(curve) + 1), nan_array(curve), color=REFERENCE_COLOR, ls="--", label=label)
     budget = comparison.get("budget_trainings", comparison.get("budget_evaluations"))
     ax.set(
-        xlabel=f"trainings (brief trainings of {comparison['train_images_per_eval']:,} training images each)",
+        xlabel=f"fitness evaluations (each {evaluation_text(comparison)})",
         ylabel="best fitness so far",
     )
     runs = count_text(sum(r["algorithm"] == a for r in comparison["runs"]) for a in comparison["bands"])
     ax.set_title(
-        f"Best fitness so far at an equal budget{'' if budget is None else f' of {budget} trainings'}, n={runs} "
+        f"Best fitness so far at an equal budget{'' if budget is None else f' of {budget} evaluations'}, n={runs} "
         "runs per algorithm\nline: mean over runs; band: 95% t-interval of the mean",
         fontsize=9,
     )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
-    meta = {"budget_trainings": budget, "random_reference": ref}
+    meta = {"budget_trainings": budget, "evaluation": evaluation_text(comparison), "random_reference": ref}
     return save(fig, out, "best_so_far", [r["run_dir"] for r in comparison["runs"]], comparison["bands"], **meta)
 
 
