@@ -273,6 +273,7 @@ def test_compare_final_train_trains_only_masks_scored_within_the_budget(tmp_path
         assert found and all(f["mask"] in scored for f in found)
         ckpt = json.loads((folder / "checkpoint.json").read_text())
         cut += ckpt["finished"] and ckpt["next_generation"] < entry["generations"]
+        assert entry["generations_run"] == ckpt["next_generation"] <= entry["generations"]
     assert cut  # the budget, not the generations, ended a GA run: the test saw it bind
 
 

@@ -146,7 +146,8 @@ def compare(
                 "algorithm": alg,
                 "seed": seed,
                 "run_dir": os.path.relpath(folder, paths.root),
-                "generations": cfg.search.generations,
+                "generations": cfg.search.generations,  # the most it may run; a budget can stop it sooner
+                "generations_run": 1 + max((r["gen"] for r in journal), default=-1),
                 "evaluations": len(journal),
                 "trainings": round(spent, 6),
                 "cache_hits": sum(r.get("cache") is not None for r in journal),
