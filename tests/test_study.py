@@ -17,10 +17,11 @@ from click.testing import CliRunner
 from evo_sparse.cli import FINAL_OPTIONS, cli
 from evo_sparse.foundations import paths
 from evo_sparse.foundations.config import FinalConfig
+from evo_sparse.foundations.progress import StudyProgress
 from evo_sparse.models.masks import Mask
 from evo_sparse.runs import run
 from evo_sparse.study import final, plots
-from evo_sparse.study.paper import ROW_KEYS
+from evo_sparse.study.paper import ROW_KEYS, planned_job_work
 from evo_sparse.training.data import load_splits
 from evo_sparse.training.fitness import Evaluator
 
@@ -130,6 +131,25 @@ def test_a_lost_result_is_trained_again_to_the_same_numbers(study):
     records = final.execute(jobs, workers=1)
     assert timeless(records) == timeless([json.loads(b) for b in before.values()])
     assert all(j.path.read_bytes() == before[j.path] for j in jobs if j.path != lost)
+
+
+def test_the_share_of_the_work_ends_at_100_percent(study):
+    """A final training planned before its mask is known weighs what its job will (a layerwise mask has the planned
+    widths), and ``revise`` puts a search's jobs in its plan's place (a global mask's widths are known only then)."""
+    run_dir = study / json.loads((study / "study.json").read_text())["runs"][0]
+    recipe = FinalConfig.from_dict(json.loads(next(run_dir.glob("final_*/final.json")).read_text()))
+    jobs = final.run_jobs(run_dir, recipe, dense=False)
+    for kind in ("found", "random"):
+        planned = planned_job_work(jobs[0].cfg, recipe, kind)
+        assert all(j.work == pytest.approx(planned) for j in jobs if j.kind == kind), kind
+    lines: list[str] = []
+    progress = StudyProgress(lines.append)
+    progress.add(1 + 3, 10.0 + 3 * 1.0)  # a search and a plan of 3 trainings, before its masks are known
+    progress.finished("search", 10.0)
+    progress.revise(3, 3.0, jobs)
+    for job in jobs:
+        progress.finished("final", job.work)
+    assert lines[-1].startswith(f"[study] {1 + len(jobs)}/{1 + len(jobs)} final  (100% of the work"), lines[-1]
 
 
 def test_final_command_on_one_run(study):

@@ -126,6 +126,12 @@ class StudyProgress:
         self.steps += steps
         self.total += work
 
+    def revise(self, steps: int, work: float, jobs: list) -> None:
+        """Replace ``steps`` planned with ``work`` by the ``jobs`` they turned out to be (each with its ``work``),
+        e.g. a search's final trainings once its masks, and so their widths, are known."""
+        self.steps += len(jobs) - steps
+        self.total += sum(j.work for j in jobs) - work
+
     def skipped(self, steps: int, work: float, what: str = "final trainings") -> None:
         """``steps`` found done on disk: counted as done, one line for all of them."""
         self.steps_done += steps

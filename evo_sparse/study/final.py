@@ -66,10 +66,7 @@ class Job:
     @property
     def images(self) -> int:
         """Training images this job will process (its share of a progress estimate)."""
-        per_epoch = train_split_size(self.cfg) // self.final.batch_size * self.final.batch_size
-        brief = self.cfg.train.train_images  # one brief training: one replicate of a fitness
-        early = 0 if self.early else self.cfg.train.replicates * brief
-        return self.final.epochs * per_epoch + early + brief  # + the held-out replicate's early fitness
+        return job_images(self.cfg, self.final, early_known=bool(self.early))
 
     @property
     def work(self) -> float:
@@ -77,6 +74,15 @@ class Job:
         from evo_sparse.runs.run import layout_of
 
         return self.images * training_cost(self.cfg, Mask.decode(layout_of(self.cfg), self.mask).widths())
+
+
+def job_images(cfg: RunConfig, fc: FinalConfig, *, early_known: bool) -> int:
+    """Training images of one final training of ``cfg``'s network by ``fc``: its epochs, the brief trainings of its
+    early fitness unless the search ``early_known`` it (a found mask), and the held-out replicate's."""
+    per_epoch = train_split_size(cfg) // fc.batch_size * fc.batch_size
+    brief = cfg.train.train_images  # one brief training: one replicate of a fitness
+    early = 0 if early_known else cfg.train.replicates * brief
+    return fc.epochs * per_epoch + early + brief
 
 
 # Per training image, what a network costs beyond its multiply-accumulates (data, optimizer, Python), in MACs:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from evo_sparse.foundations.config import FinalConfig, RunConfig, train_split_size
+from evo_sparse.foundations.config import FinalConfig, RunConfig
 from evo_sparse.foundations.errors import ConfigError
 from evo_sparse.foundations.paths import study_folder
 from evo_sparse.foundations.progress import StudyProgress
@@ -87,10 +87,9 @@ def search_done(cfg: RunConfig) -> bool:
     return search_finished(cfg)
 
 
-def _job_work(cfg: RunConfig, fc: FinalConfig, kind: str) -> float:
-    per_epoch = train_split_size(cfg) // fc.batch_size * fc.batch_size
-    images = fc.epochs * per_epoch + (0 if kind == "found" else cfg.train.train_images)
-    return images * _cost(cfg, 0.0 if kind == "dense" else None)
+def planned_job_work(cfg: RunConfig, fc: FinalConfig, kind: str) -> float:
+    """The planned work of one final training of ``kind``, before its mask is known (``Job.work`` once it is)."""
+    return final.job_images(cfg, fc, early_known=kind == "found") * _cost(cfg, 0.0 if kind == "dense" else None)
 
 
 # --- the paper experiment ---------------------------------------------------------------------------------------------
@@ -142,22 +141,25 @@ def paper(
     paths = study_folder(base.runs_dir, key)
     runs_dir = Path(base.runs_dir)
     progress = StudyProgress(log, enabled=show_progress)
-    for cfg in configs.values():
+    planned: dict[tuple[float, int], tuple[int, float]] = {}  # a search's final trainings, until its masks are known
+    for search, cfg in configs.items():
         k = fc.masks or cfg.search.survivors
-        jobs = 2 * k * fc.seeds
-        progress.add(
-            1 + jobs,
-            search_work(cfg) + k * fc.seeds * (_job_work(cfg, fc, "found") + _job_work(cfg, fc, "random")),
+        planned[search] = (
+            2 * k * fc.seeds,
+            k * fc.seeds * (planned_job_work(cfg, fc, "found") + planned_job_work(cfg, fc, "random")),
         )
+        progress.add(1 + planned[search][0], search_work(cfg) + planned[search][1])
     for cfg in dense_cfgs:
-        progress.add(fc.seeds, fc.seeds * _job_work(cfg, fc, "dense"))
+        progress.add(fc.seeds, fc.seeds * planned_job_work(cfg, fc, "dense"))
 
     jobs: list[final.Job] = []
     for (s, seed), cfg in sorted(configs.items()):
         was_done = search_done(cfg)
         run_dir = execute(cfg, log=log, show_progress=show_progress)
         progress.finished(f"search s={s:g} seed {seed}", search_work(cfg), computed=not was_done)
-        jobs += final.run_jobs(run_dir, fc, dense=False)
+        run_jobs = final.run_jobs(run_dir, fc, dense=False)
+        progress.revise(*planned[(s, seed)], run_jobs)
+        jobs += run_jobs
     for cfg in dense_cfgs:
         jobs += final.dense_jobs(cfg, runs_dir, fc)
     progress.skip_done(jobs)
