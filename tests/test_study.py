@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -131,6 +132,21 @@ def test_a_lost_result_is_trained_again_to_the_same_numbers(study):
     records = final.execute(jobs, workers=1)
     assert timeless(records) == timeless([json.loads(b) for b in before.values()])
     assert all(j.path.read_bytes() == before[j.path] for j in jobs if j.path != lost)
+
+
+def test_a_result_trained_elsewhere_points_at_its_run_where_it_is_now(study):
+    """Run folders moved or extracted from an archive keep their results: a record's source is the job's folder,
+    not the path written where it was trained, so the study's rows stay relative to the study folder."""
+    run_dir = study / json.loads((study / "study.json").read_text())["runs"][0]
+    recipe = FinalConfig.from_dict(json.loads(next(run_dir.glob("final_*/final.json")).read_text()))
+    jobs = final.run_jobs(run_dir, recipe, dense=False)
+    original, stat = jobs[0].path.read_bytes(), jobs[0].path.stat()
+    jobs[0].path.write_text(json.dumps(json.loads(original) | {"source": "/another/machine/runs/weedout_x/seed_0"}))
+    try:
+        assert [r["source"] for r in final.execute(jobs, workers=1)] == [j.source for j in jobs]
+    finally:
+        jobs[0].path.write_bytes(original)
+        os.utime(jobs[0].path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def test_the_share_of_the_work_ends_at_100_percent(study):

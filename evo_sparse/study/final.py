@@ -283,6 +283,7 @@ def execute(
     of ``Job.work``, at least a minute; ``--eval-timeout`` is for the search's brief evaluations), costs a retry
     (``--max-retries``); a job whose worker died at every attempt gets a failed record, written like any other, and
     the others go on. Ctrl-C or SIGTERM stops the workers; what finished is on disk and a rerun trains the rest.
+    A record's ``source`` is the job's (where its run is now), not the one written where it was trained.
     ``tensorboard``: a folder for each network's curves (``runs.tensorboard``), written as it finishes (those trained
     before: at the start); ConfigError before any training when TensorBoard is not installed.
     """
@@ -319,7 +320,7 @@ def execute(
                 _record(todo[i], record, on_done)
         finally:
             pool.close()
-    return [read_json(j.path, "final training result") for j in jobs]
+    return [read_json(j.path, "final training result") | {"source": j.source} for j in jobs]
 
 
 def _board(folder: str) -> Callable[[Job, dict[str, Any]], None]:
