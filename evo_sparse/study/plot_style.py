@@ -95,6 +95,13 @@ def sources_of(rows) -> list[str]:
     return [str(r.get("source")) for r in rows]
 
 
+def legend_in_headroom(ax, fontsize: float = 7, share: float = 0.3) -> None:
+    """The axes' legend in room added above its points (``share`` of the data's height), so that it hides none."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + share * (high - low))
+    ax.legend(fontsize=fontsize, loc="upper center")
+
+
 def mean_ci(values) -> tuple[float, float, float]:
     """(mean, low, high): the 95% t-interval of the mean (``analysis.curve_band``); low = high = mean below 2 values."""
     band = analysis.curve_band([[v] for v in values])

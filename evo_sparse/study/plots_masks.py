@@ -22,6 +22,7 @@ from evo_sparse.study.plot_style import (
     count_text,
     dodge,
     epochs_text,
+    legend_in_headroom,
     marker,
     mean_ci,
     nan_array,
@@ -82,7 +83,7 @@ def accuracy_vs_sparsity(rows: list[dict[str, Any]], out: Path) -> Path:
         "95% t-CI",
         fontsize=8,
     )
-    ax.legend(fontsize=7)
+    legend_in_headroom(ax)
     return save(fig, out, "accuracy_vs_sparsity", sources_of(rows), data)
 
 
@@ -134,7 +135,7 @@ def early_vs_final(
         ax.set_title(f"sparsity {sparsity_label(s, fractions)}\npooled τ {tau_text(corr)} (n={corr['n']})", fontsize=9)
         ax.set_xlabel(f"{EARLY_LABELS[measure]}\n(validation accuracy)", fontsize=9)
         ax.set_ylabel("final test accuracy")
-        ax.legend(fontsize=7)
+        legend_in_headroom(ax)
         keys = ("kind", "seed", "index", "early_fitness", "early_fitness_heldout", "final_test_acc")
         data.append(
             {
