@@ -34,6 +34,15 @@ def test_write_json_round_trip_and_no_temp_files(tmp_path):
     assert leftovers(path.parent) == [] and sorted(p.name for p in path.parent.iterdir()) == ["state.json"]
 
 
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file modes")
+def test_an_atomic_write_gets_the_mode_of_a_plain_new_file(tmp_path):
+    """Not mkstemp's 0o600: results in a shared folder stay as readable as any other file the user writes."""
+    write_json(tmp_path / "a.json", {"x": 1})
+    (tmp_path / "plain.txt").write_text("x")
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == storage.NEW_FILE_MODE
+
+
 def test_write_json_failure_at_replace_leaves_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "state.json"
     write_json(path, {"generation": 1})

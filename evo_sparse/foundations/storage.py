@@ -52,13 +52,32 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _new_file_mode() -> int:
+    """The mode ``open`` gives a new file: 0o666 less the process's umask (read once, at import)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+NEW_FILE_MODE = _new_file_mode()
+
+
+def temp_file(folder: Path, prefix: str, suffix: str = ".tmp") -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``folder`` with the mode a plain new file gets (mkstemp's is 0o600), so that a file
+    it becomes is as readable as any other the user writes (a shared results folder, a group's cluster)."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    if hasattr(os, "fchmod"):  # POSIX
+        os.fchmod(fd, NEW_FILE_MODE)
+    return fd, name
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` by ``text`` (UTF-8) atomically; RunStateError if it cannot be written (the old file stays)."""
     path = Path(path)
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temp_file(path.parent, prefix=f".{path.name}.")
         try:
             _write_all(fd, text.encode("utf-8"))
             os.fsync(fd)

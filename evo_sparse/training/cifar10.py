@@ -12,7 +12,6 @@ import io
 import os
 import socket
 import tarfile
-import tempfile
 import time
 import zlib
 from pathlib import Path, PurePosixPath
@@ -21,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from evo_sparse.foundations.errors import DataError
+from evo_sparse.foundations.storage import temp_file
 
 CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SHAPE = (3, 32, 32)
@@ -225,7 +225,7 @@ def _save_cache(folder: Path, arrays: dict[str, np.ndarray], log) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for k in _CACHE_KEYS:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=k, suffix=".tmp")
+            fd, tmp = temp_file(folder, prefix=k)
             try:
                 with os.fdopen(fd, "wb") as f:
                     np.save(f, arrays[k], allow_pickle=False)
