@@ -201,7 +201,7 @@ def validation_curves(rows: list[dict[str, Any]], out: Path) -> Path:
         if longest == 1:
             ax.set(xticks=[1], xlim=(0.5, 1.5))
         ax.set_title(f"sparsity {sparsity_label(s, fractions)}\nn={count_text(counts)} masks per kind", fontsize=9)
-        ax.legend(fontsize=7)
+        legend_in_headroom(ax, share=0.35)
     fig.suptitle(
         f"Validation accuracy during the final training ({epochs_text(rows)})\nline: mean over masks (each averaged "
         "over its training seeds); band: 95% t-interval of that mean",
