@@ -219,7 +219,7 @@ def test_a_result_written_before_the_held_out_early_fitness_is_kept_not_retraine
     path.parent.mkdir()
     path.write_text(json.dumps(old))
     assert final.pending([job]) == []
-    assert final.execute([job], device="cpu", workers=1) == [old]
+    assert final.execute([job], device="cpu", workers=1) == [old | {"source": job.source}]  # where its run is now
 
 
 def test_more_final_masks_than_the_hall_of_fame_come_from_the_runs_journal(tmp_path):
