@@ -49,6 +49,13 @@ def timeless(rows):
     return [{k: v for k, v in r.items() if k not in ("seconds", "epoch_seconds", "source")} for r in rows]
 
 
+def first_run_jobs(study: Path) -> tuple[Path, FinalConfig, list[final.Job]]:
+    """The study's first run folder, the final recipe it was trained by, and its found and random jobs."""
+    run_dir = study / json.loads((study / "study.json").read_text())["runs"][0]
+    recipe = FinalConfig.from_dict(json.loads(next(run_dir.glob("final_*/final.json")).read_text()))
+    return run_dir, recipe, final.run_jobs(run_dir, recipe, dense=False)
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     runs_dir = tmp_path_factory.mktemp("study")
@@ -122,9 +129,7 @@ def test_training_seeds_share_mask_weights_and_early_fitness(study):
 
 
 def test_a_lost_result_is_trained_again_to_the_same_numbers(study):
-    run_dir = study / json.loads((study / "study.json").read_text())["runs"][0]
-    recipe = FinalConfig.from_dict(json.loads(next(run_dir.glob("final_*/final.json")).read_text()))
-    jobs = final.run_jobs(run_dir, recipe, dense=False)
+    run_dir, recipe, jobs = first_run_jobs(study)
     lost = paths.final_folder(run_dir, recipe) / "random_1_seed1.json"
     before = {j.path: j.path.read_bytes() for j in jobs}
     lost.unlink()
@@ -137,13 +142,12 @@ def test_a_lost_result_is_trained_again_to_the_same_numbers(study):
 def test_a_result_trained_elsewhere_points_at_its_run_where_it_is_now(study):
     """Run folders moved or extracted from an archive keep their results: a record's source is the job's folder,
     not the path written where it was trained, so the study's rows stay relative to the study folder."""
-    run_dir = study / json.loads((study / "study.json").read_text())["runs"][0]
-    recipe = FinalConfig.from_dict(json.loads(next(run_dir.glob("final_*/final.json")).read_text()))
-    jobs = final.run_jobs(run_dir, recipe, dense=False)
+    run_dir, recipe, jobs = first_run_jobs(study)
     original, stat = jobs[0].path.read_bytes(), jobs[0].path.stat()
     jobs[0].path.write_text(json.dumps(json.loads(original) | {"source": "/another/machine/runs/weedout_x/seed_0"}))
     try:
         assert [r["source"] for r in final.execute(jobs, workers=1)] == [j.source for j in jobs]
+        assert {r["source"] for r in final.read_results(jobs[0].path.parent)} == {jobs[0].source}  # `plot RUN_DIR`
     finally:
         jobs[0].path.write_bytes(original)
         os.utime(jobs[0].path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -152,9 +156,7 @@ def test_a_result_trained_elsewhere_points_at_its_run_where_it_is_now(study):
 def test_the_share_of_the_work_ends_at_100_percent(study):
     """A final training planned before its mask is known weighs what its job will (a layerwise mask has the planned
     widths), and ``revise`` puts a search's jobs in its plan's place (a global mask's widths are known only then)."""
-    run_dir = study / json.loads((study / "study.json").read_text())["runs"][0]
-    recipe = FinalConfig.from_dict(json.loads(next(run_dir.glob("final_*/final.json")).read_text()))
-    jobs = final.run_jobs(run_dir, recipe, dense=False)
+    run_dir, recipe, jobs = first_run_jobs(study)
     for kind in ("found", "random"):
         planned = planned_job_work(jobs[0].cfg, recipe, kind)
         assert all(j.work == pytest.approx(planned) for j in jobs if j.kind == kind), kind

@@ -283,7 +283,7 @@ def execute(
     of ``Job.work``, at least a minute; ``--eval-timeout`` is for the search's brief evaluations), costs a retry
     (``--max-retries``); a job whose worker died at every attempt gets a failed record, written like any other, and
     the others go on. Ctrl-C or SIGTERM stops the workers; what finished is on disk and a rerun trains the rest.
-    A record's ``source`` is the job's (where its run is now), not the one written where it was trained.
+    A record's ``source`` is the job's, where its run is now (``read_result``).
     ``tensorboard``: a folder for each network's curves (``runs.tensorboard``), written as it finishes (those trained
     before: at the start); ConfigError before any training when TensorBoard is not installed.
     """
@@ -296,7 +296,7 @@ def execute(
         board, user_done = _board(tensorboard), on_done
         for job in jobs:
             if job not in todo:
-                board(job, read_json(job.path, "final training result"))
+                board(job, read_result(job.path, job.source))
 
         def on_done(job: Job, record: dict[str, Any]) -> None:
             board(job, record)
@@ -320,7 +320,7 @@ def execute(
                 _record(todo[i], record, on_done)
         finally:
             pool.close()
-    return [read_json(j.path, "final training result") | {"source": j.source} for j in jobs]
+    return [read_result(j.path, j.source) for j in jobs]
 
 
 def _board(folder: str) -> Callable[[Job, dict[str, Any]], None]:
@@ -336,10 +336,15 @@ def _record(job: Job, record: dict[str, Any], on_done) -> None:
     on_done(job, record)
 
 
+def read_result(path: Path, source: str | Path) -> dict[str, Any]:
+    """One network's record, its ``source`` the run (or dense) folder that holds it now, not the path written where it
+    was trained: run folders moved or extracted from an archive keep sources relative to where they are."""
+    return read_json(path, "final training result") | {"source": str(source)}
+
+
 def read_results(folder: str | Path) -> list[dict[str, Any]]:
-    """Every network record in a ``final_<hash>`` folder, in file-name order."""
-    paths = result_files(Path(folder))
-    return [read_json(p, "final training result") for p in paths]
+    """Every network record in a ``final_<hash>`` folder, in file-name order (``read_result``)."""
+    return [read_result(p, p.parent.parent) for p in result_files(Path(folder))]
 
 
 def run_results(run_dir: str | Path) -> list[dict[str, Any]]:
